@@ -1,0 +1,19 @@
+"""A LangChain LLM cache in SQLite, Postgres or MySQL/MariaDB, through SQLAlchemy 2.0."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from langchain_sqlcache.cache import SQLCache
+from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, SQLCacheError
+
+try:
+    __version__ = version("langchain-sqlcache")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ConfigurationError",
+    "MissingEngineError",
+    "SQLCache",
+    "SQLCacheError",
+    "__version__",
+]

@@ -1,0 +1,257 @@
+"""Generations to row values and back, exactly, and the key that finds an entry.
+
+Rows are untrusted input: anyone who can write the tables can plant one. Decoding therefore
+rebuilds only an explicit allowlist of generation and message classes from plain data (no
+``langchain_core.load``, no import paths, no secrets), and a row that does not decode is a miss
+with a logged warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    ChatMessageChunk,
+    FunctionMessage,
+    FunctionMessageChunk,
+    HumanMessage,
+    HumanMessageChunk,
+    SystemMessage,
+    SystemMessageChunk,
+    ToolMessage,
+    ToolMessageChunk,
+)
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    Generation,
+    GenerationChunk,
+)
+
+logger = logging.getLogger("langchain_sqlcache")
+
+KEY_FORMAT_VERSION = b"langchain-sqlcache/key/v1"
+
+GENERATION_CLASSES: dict[str, type[Generation]] = {
+    cls.__name__: cls for cls in (Generation, GenerationChunk, ChatGeneration, ChatGenerationChunk)
+}
+
+# Keyed by each class's own ``type`` field ("ai", "AIMessageChunk", ...), which the dumped
+# message carries, so the stored JSON names its class without any import path.
+MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        AIMessage,
+        AIMessageChunk,
+        HumanMessage,
+        HumanMessageChunk,
+        SystemMessage,
+        SystemMessageChunk,
+        ChatMessage,
+        ChatMessageChunk,
+        ToolMessage,
+        ToolMessageChunk,
+        FunctionMessage,
+        FunctionMessageChunk,
+    )
+}
+
+# Postgres text and jsonb reject NUL, and no driver can send a lone surrogate. A string with
+# either is stored as this marker followed by its ASCII JSON form. The marker is a Unicode
+# noncharacter, so ordinary text never starts with it; a string that does is escaped too,
+# which keeps the scheme reversible for every Python string.
+ESCAPE_MARKER = "\ufdd0"
+
+
+def entry_key(namespace: str, prompt: str, llm_string: str) -> str:
+    """Return the hex SHA-256 that identifies an entry.
+
+    Each part is length-prefixed, so ("ab", "c") and ("a", "bc") never share a key, and the
+    format version is hashed first, so a future encoding cannot collide with this one.
+    """
+    digest = hashlib.sha256(KEY_FORMAT_VERSION)
+    for part in (namespace, prompt, llm_string):
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _needs_escape(value: str) -> bool:
+    if "\x00" in value or value.startswith(ESCAPE_MARKER):
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escape_text(value: str) -> str:
+    """Return ``value`` in a form every backend stores verbatim (see ``ESCAPE_MARKER``)."""
+    if _needs_escape(value):
+        return ESCAPE_MARKER + json.dumps(value)
+    return value
+
+
+def unescape_text(value: str) -> str:
+    """Invert :func:`escape_text`."""
+    if value.startswith(ESCAPE_MARKER):
+        restored = json.loads(value[len(ESCAPE_MARKER) :])
+        if not isinstance(restored, str):
+            msg = "escaped text does not hold a string"
+            raise ValueError(msg)
+        return restored
+    return value
+
+
+def escape_json(value: Any) -> Any:
+    """Apply :func:`escape_text` to every string (keys included) of a JSON document."""
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, Mapping):
+        return {escape_json(_json_key(key)): escape_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escape_json(item) for item in value]
+    return value
+
+
+def unescape_json(value: Any) -> Any:
+    """Invert :func:`escape_json`."""
+    if isinstance(value, str):
+        return unescape_text(value)
+    if isinstance(value, dict):
+        return {unescape_text(key): unescape_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unescape_json(item) for item in value]
+    return value
+
+
+def _json_key(key: object) -> str:
+    if isinstance(key, str):
+        return key
+    msg = f"JSON object keys must be strings, got {type(key).__name__} {key!r}"
+    raise TypeError(msg)
+
+
+def encode_generations(return_val: Sequence[Generation]) -> list[dict[str, Any]]:
+    """Turn a cache value into generation rows (without ``entry_id``).
+
+    Raises:
+        TypeError: ``return_val`` is not a sequence of the four generation classes, or holds
+            a message class or a value that cannot be stored exactly.
+
+    """
+    if isinstance(return_val, (str, bytes)) or not isinstance(return_val, Iterable):
+        msg = f"return_val must be a sequence of Generation, got {type(return_val).__name__}"
+        raise TypeError(msg)
+    return [_encode_generation(idx, generation) for idx, generation in enumerate(return_val)]
+
+
+def _encode_generation(idx: int, generation: Generation) -> dict[str, Any]:
+    generation_type = type(generation).__name__
+    if GENERATION_CLASSES.get(generation_type) is not type(generation):
+        msg = (
+            f"return_val[{idx}] is a {type(generation).__module__}.{type(generation).__qualname__}"
+            f", not one of {', '.join(GENERATION_CLASSES)}"
+        )
+        raise TypeError(msg)
+    message: dict[str, Any] | None = None
+    if isinstance(generation, ChatGeneration):
+        message = _encode_message(idx, generation.message, generation.text)
+    return {
+        "idx": idx,
+        "generation_type": generation_type,
+        "text": escape_text(generation.text),
+        "generation_info": _encode_json(idx, generation.generation_info),
+        "message": message,
+    }
+
+
+def _encode_message(idx: int, message: BaseMessage, text: str) -> dict[str, Any]:
+    if MESSAGE_CLASSES.get(message.type) is not type(message):
+        msg = f"return_val[{idx}].message is a {type(message).__qualname__}, which is not cached"
+        raise TypeError(msg)
+    data = message.model_dump(mode="json")
+    # A string content is the generation's text (ChatGeneration derives text from it):
+    # keep it once, in the readable text column, rather than twice at up to 16 MB each.
+    if isinstance(message.content, str) and message.content == text:
+        del data["content"]
+    encoded: dict[str, Any] = escape_json(_checked_json(idx, data))
+    return encoded
+
+
+def _encode_json(idx: int, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    encoded: dict[str, Any] = escape_json(_checked_json(idx, value))
+    return encoded
+
+
+def _checked_json(idx: int, value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        # Round-trip through strict JSON now, so a value that the database would reject or
+        # change (NaN, a set, a datetime) fails here, before anything is written.
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        msg = f"return_val[{idx}] holds a value that is not JSON: {exc}"
+        raise TypeError(msg) from exc
+    return value
+
+
+def decode_generations(rows: Sequence[Any], *, key_hash: str) -> list[Generation] | None:
+    """Rebuild a cache value from its generation rows, or return None on a miss.
+
+    A row that cannot be rebuilt makes the whole value a miss, with a warning: a partial
+    value would be a wrong answer.
+    """
+    if not rows:
+        return None
+    try:
+        return [_decode_generation(row) for row in rows]
+    except Exception as exc:  # noqa: BLE001 - any malformed row is a miss, never a crash
+        logger.warning(
+            "langchain-sqlcache: entry %s cannot be rebuilt (%s: %s); treating it as a miss",
+            key_hash,
+            type(exc).__name__,
+            exc,
+        )
+        return None
+
+
+def _decode_generation(row: Any) -> Generation:
+    generation_cls = GENERATION_CLASSES[row.generation_type]
+    text = unescape_text(row.text)
+    generation_info = unescape_json(_parse_json(row.generation_info))
+    if generation_info is not None and not isinstance(generation_info, dict):
+        msg = "generation_info is not an object"
+        raise TypeError(msg)
+    if issubclass(generation_cls, ChatGeneration):
+        message = _decode_message(row.message, text)
+        return generation_cls(message=message, generation_info=generation_info)
+    return generation_cls(text=text, generation_info=generation_info)
+
+
+def _parse_json(value: Any) -> Any:
+    # The lookup fetches JSON columns as text; a driver may still hand back a parsed value.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _decode_message(data: Any, text: str) -> BaseMessage:
+    fields = unescape_json(_parse_json(data))
+    if not isinstance(fields, dict):
+        msg = "message is not an object"
+        raise TypeError(msg)
+    message_cls = MESSAGE_CLASSES[fields["type"]]
+    fields.setdefault("content", text)
+    return message_cls.model_validate(fields)

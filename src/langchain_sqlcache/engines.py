@@ -1,0 +1,148 @@
+"""From a URL to a sync and an async engine, each with the right driver and defaults."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from langchain_sqlcache.errors import ConfigurationError
+
+URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
+DEFAULT_URL = "sqlite:///.langchain_cache.db"
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """The default sync and async driver of a backend."""
+
+    sync: str
+    async_: str
+
+
+DEFAULT_DRIVERS: dict[str, Drivers] = {
+    "postgresql": Drivers(sync="psycopg", async_="asyncpg"),
+    "mysql": Drivers(sync="pymysql", async_="aiomysql"),
+    "mariadb": Drivers(sync="pymysql", async_="aiomysql"),
+    "sqlite": Drivers(sync="pysqlite", async_="aiosqlite"),
+}
+
+
+def resolve_url(url: str | URL | None) -> URL:
+    """Return the URL to use: the argument, else ``$LANGCHAIN_SQLCACHE_URL``, else SQLite."""
+    raw = url if url is not None else os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+    try:
+        return make_url(raw)
+    except ArgumentError as exc:
+        msg = f"not a database URL: {raw!r} (expected e.g. postgresql://user@host/db)"
+        raise ConfigurationError(msg) from exc
+
+
+def driver_urls(url: URL) -> tuple[URL, URL]:
+    """Split a URL into its sync and async forms.
+
+    ``postgresql://`` gives psycopg and asyncpg, ``mysql://`` and ``mariadb://`` PyMySQL and
+    aiomysql (with utf8mb4), ``sqlite:///`` sqlite3 and aiosqlite. A driver named in the URL
+    is kept for its own side; the other side gets the backend's default.
+    """
+    backend = url.get_backend_name()
+    drivers = DEFAULT_DRIVERS.get(backend)
+    if drivers is None:
+        msg = (
+            f"unsupported database backend {backend!r}; "
+            f"langchain-sqlcache supports {', '.join(DEFAULT_DRIVERS)}"
+        )
+        raise ConfigurationError(msg)
+    sync_driver, async_driver = drivers.sync, drivers.async_
+    if "+" in url.drivername:
+        named = url.get_driver_name()
+        if _is_async_driver(url):
+            async_driver = named
+        else:
+            sync_driver = named
+    sync_url = url.set(drivername=f"{backend}+{sync_driver}")
+    async_url = url.set(drivername=f"{backend}+{async_driver}")
+    if backend in ("mysql", "mariadb") and "charset" not in url.query:
+        # 4-byte characters (emoji) need utf8mb4 on the connection, not only in the tables.
+        sync_url = sync_url.update_query_dict({"charset": "utf8mb4"})
+        async_url = async_url.update_query_dict({"charset": "utf8mb4"})
+    return sync_url, async_url
+
+
+def _is_async_driver(url: URL) -> bool:
+    try:
+        return bool(getattr(url.get_dialect(), "is_async", False))
+    except NoSuchModuleError as exc:
+        msg = f"unknown driver in {url.render_as_string()!r}: {exc}"
+        raise ConfigurationError(msg) from exc
+
+
+def engine_defaults(url: URL) -> dict[str, Any]:
+    """Engine keyword arguments that make a backend safe under concurrent writers."""
+    backend = url.get_backend_name()
+    if backend in ("mysql", "mariadb"):
+        # REPEATABLE READ takes gap locks on the generation rows an update deletes, which
+        # deadlocks concurrent writers of neighbouring keys; READ COMMITTED does not.
+        return {"isolation_level": "READ COMMITTED"}
+    if backend == "sqlite":
+        # Wait for a writer rather than fail with "database is locked" at once.
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
+def create_sync_engine(url: URL, engine_kwargs: dict[str, Any]) -> Engine:
+    """Create the sync engine for ``url``; ``engine_kwargs`` override the defaults."""
+    sync_url, _ = driver_urls(url)
+    with _driver_required(url):
+        engine = create_engine(sync_url, **{**engine_defaults(url), **engine_kwargs})
+    _configure(engine)
+    return engine
+
+
+def create_async_engine_for(url: URL, engine_kwargs: dict[str, Any]) -> AsyncEngine:
+    """Create the async engine for ``url``; ``engine_kwargs`` override the defaults."""
+    _, async_url = driver_urls(url)
+    with _driver_required(url):
+        engine = create_async_engine(async_url, **{**engine_defaults(url), **engine_kwargs})
+    _configure(engine.sync_engine)
+    return engine
+
+
+def _configure(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite_connection)
+
+
+@contextlib.contextmanager
+def _driver_required(url: URL) -> Iterator[None]:
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        msg = (
+            f"the driver for {url.get_backend_name()} is not installed ({exc.name}); "
+            f"install it with: pip install 'langchain-sqlcache[{_extra(url)}]'"
+        )
+        raise ConfigurationError(msg) from exc
+
+
+def _extra(url: URL) -> str:
+    backend = url.get_backend_name()
+    return {"postgresql": "postgres", "mariadb": "mysql"}.get(backend, backend)
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # ON DELETE CASCADE needs foreign keys on; WAL lets readers run beside a writer.
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,103 @@
+"""The cache's tables as SQLAlchemy 2.0 declarative models.
+
+Two tables: ``llm_cache_entry`` holds one row per namespace + prompt + llm_string and is found
+by a fixed-width SHA-256 key; ``llm_cache_generation`` holds one row per ``Generation`` of an
+entry, ordered by ``idx``. Constraint names come from the naming convention so that the models
+and the migrations agree on them.
+
+The tables carry no schema: ``SQLCache(schema=...)`` maps them into a Postgres schema or MySQL
+database with ``schema_translate_map``, so one set of models serves every deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias).
+ID_TYPE: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+
+# Prompts reach 1 MB and texts 16 MB: MySQL's TEXT stops at 64 KB, so LONGTEXT there.
+LONG_TEXT: TypeEngine[str] = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+# jsonb on Postgres so analysts can index and query it; JSON (LONGTEXT + JSON_VALID on
+# MariaDB) on MySQL; JSON text on SQLite.
+JSON_DOCUMENT: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+HASH_HEX_LENGTH = 64
+NAMESPACE_MAX_LENGTH = 255
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose MetaData names every constraint and index predictably."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class CacheEntry(Base):
+    """One cached value: the key of a prompt and llm_string within a namespace."""
+
+    __tablename__ = "llm_cache_entry"
+    __table_args__ = (
+        Index("ix_llm_cache_entry_namespace", "namespace"),
+        {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"},
+    )
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(
+        String(HASH_HEX_LENGTH),
+        unique=True,
+        comment="hex SHA-256 of the length-prefixed namespace, prompt and llm_string",
+    )
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_MAX_LENGTH))
+    prompt: Mapped[str] = mapped_column(LONG_TEXT)
+    llm_string: Mapped[str] = mapped_column(LONG_TEXT)
+
+
+class CacheGeneration(Base):
+    """One ``Generation`` of a cached value, at position ``idx``."""
+
+    __tablename__ = "llm_cache_generation"
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"},)
+
+    entry_id: Mapped[int] = mapped_column(
+        ID_TYPE,
+        ForeignKey(CacheEntry.id, ondelete="CASCADE"),
+        primary_key=True,
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation_type: Mapped[str] = mapped_column(
+        String(32), comment="Generation, GenerationChunk, ChatGeneration or ChatGenerationChunk"
+    )
+    text: Mapped[str] = mapped_column(LONG_TEXT)
+    generation_info: Mapped[dict[str, Any] | None] = mapped_column(JSON_DOCUMENT)
+    message: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON_DOCUMENT, comment="the chat message's fields; content omitted when it equals text"
+    )
+
+
+entry_table = cast(Table, CacheEntry.__table__)
+generation_table = cast(Table, CacheGeneration.__table__)
+metadata = Base.metadata
