@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache.codec import decode_generations, encode_generations, entry_key, escape_text
-from langchain_sqlcache.engines import create_async_engine_for, create_sync_engine, resolve_url
+from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, is_retryable
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
 from langchain_sqlcache.statements import (
@@ -79,39 +79,35 @@ class SQLCache(BaseCache):
         self.namespace = namespace
         self.schema = schema
         self.create_tables = create_tables
-        self._owned_engine: Engine | None = None
-        self._owned_async_engine: AsyncEngine | None = None
-        if url is not None:
-            parsed = resolve_url(url)
-            if engine is None:
-                engine = self._owned_engine = create_sync_engine(parsed, engine_kwargs)
-            if async_engine is None:
-                async_engine = self._owned_async_engine = create_async_engine_for(
-                    parsed, engine_kwargs
-                )
-        # The schema is mapped per statement execution, so the application's own engines are
-        # reused as they are (execution_options returns a copy sharing their pool).
-        translate = {"schema_translate_map": {None: schema}} if schema else {}
-        self._engine = engine.execution_options(**translate) if engine else None
-        self._async_engine = async_engine.execution_options(**translate) if async_engine else None
+        self._engines: EnginePair[Engine] | None = None
+        self._async_engines: EnginePair[AsyncEngine] | None = None
+        parsed = resolve_url(url) if url is not None else None
+        if engine is not None:
+            self._engines = given_pair(engine, schema)
+        elif parsed is not None:
+            self._engines = build_pair(create_engine, parsed, engine_kwargs, schema)
+        if async_engine is not None:
+            self._async_engines = given_pair(async_engine, schema)
+        elif parsed is not None:
+            self._async_engines = build_pair(create_async_engine, parsed, engine_kwargs, schema)
         self._escaped_namespace = escape_text(namespace)
         self._ready_lock = threading.Lock()
-        self._engine_ready = False
-        self._async_engine_ready = False
+        self._engines_ready = False
+        self._async_engines_ready = False
 
     # -- the BaseCache contract ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
         key_hash = self._key_hash(prompt, llm_string)
-        with self._ready_engine().connect() as connection:
+        with self._ready_engines().reader.connect() as connection:
             rows = lookup_rows(connection, key_hash)
         return decode_generations(rows, key_hash=key_hash)
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
         key_hash = self._key_hash(prompt, llm_string)
-        async with (await self._ready_async_engine()).connect() as connection:
+        async with (await self._ready_async_engines()).reader.connect() as connection:
             rows = await connection.run_sync(lookup_rows, key_hash)
         return decode_generations(rows, key_hash=key_hash)
 
@@ -145,14 +141,14 @@ class SQLCache(BaseCache):
         await self._awrite(clear_namespace, self._escaped_namespace)
 
     def close(self) -> None:
-        """Dispose of the sync engine this cache built (an engine passed in is left open)."""
-        if self._owned_engine is not None:
-            self._owned_engine.dispose()
+        """Dispose of the sync engines this cache built (an engine passed in stays open)."""
+        for engine in self._engines.owned if self._engines else ():
+            engine.dispose()
 
     async def aclose(self) -> None:
-        """Dispose of both engines this cache built (engines passed in are left open)."""
-        if self._owned_async_engine is not None:
-            await self._owned_async_engine.dispose()
+        """Dispose of every engine this cache built (engines passed in stay open)."""
+        for engine in self._async_engines.owned if self._async_engines else ():
+            await engine.dispose()
         self.close()
 
     # -- shared by the sync and async paths ------------------------------------------------
@@ -172,31 +168,31 @@ class SQLCache(BaseCache):
         }
         return entry_row, generation_rows
 
-    def _ready_engine(self) -> Engine:
-        if self._engine is None:
+    def _ready_engines(self) -> EnginePair[Engine]:
+        if self._engines is None:
             raise MissingEngineError(_missing_engine_message("sync", "engine", "create_engine"))
-        if not self._engine_ready:
+        if not self._engines_ready:
             with self._ready_lock:
-                if not self._engine_ready:
+                if not self._engines_ready:
                     if self.create_tables:
-                        with self._engine.connect() as connection:
+                        with self._engines.writer.connect() as connection:
                             create_tables(connection, self.schema)
-                    self._engine_ready = True
-        return self._engine
+                    self._engines_ready = True
+        return self._engines
 
-    async def _ready_async_engine(self) -> AsyncEngine:
-        if self._async_engine is None:
+    async def _ready_async_engines(self) -> EnginePair[AsyncEngine]:
+        if self._async_engines is None:
             raise MissingEngineError(
                 _missing_engine_message("async", "async_engine", "create_async_engine")
             )
-        if not self._async_engine_ready:
+        if not self._async_engines_ready:
             # Tasks that race here each run the idempotent creation; no lock is held across
             # an await, so the cache stays usable from successive event loops.
             if self.create_tables:
-                async with self._async_engine.connect() as connection:
+                async with self._async_engines.writer.connect() as connection:
                     await connection.run_sync(create_tables, self.schema)
-            self._async_engine_ready = True
-        return self._async_engine
+            self._async_engines_ready = True
+        return self._async_engines
 
     def _write(
         self,
@@ -204,7 +200,7 @@ class SQLCache(BaseCache):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> None:
-        engine = self._ready_engine()
+        engine = self._ready_engines().writer
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 with engine.begin() as connection:
@@ -221,7 +217,7 @@ class SQLCache(BaseCache):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> None:
-        engine = await self._ready_async_engine()
+        engine = (await self._ready_async_engines()).writer
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with engine.begin() as connection:

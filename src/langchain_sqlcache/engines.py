@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -98,22 +98,81 @@ def engine_defaults(url: URL) -> dict[str, Any]:
     return {}
 
 
-def create_sync_engine(url: URL, engine_kwargs: dict[str, Any]) -> Engine:
-    """Create the sync engine for ``url``; ``engine_kwargs`` override the defaults."""
-    sync_url, _ = driver_urls(url)
-    with _driver_required(url):
-        engine = create_engine(sync_url, **{**engine_defaults(url), **engine_kwargs})
-    _configure(engine)
-    return engine
+E = TypeVar("E", Engine, AsyncEngine)
 
 
-def create_async_engine_for(url: URL, engine_kwargs: dict[str, Any]) -> AsyncEngine:
-    """Create the async engine for ``url``; ``engine_kwargs`` override the defaults."""
-    _, async_url = driver_urls(url)
+@dataclass(frozen=True)
+class EnginePair(Generic[E]):
+    """The engines of one family (sync or async) of a cache.
+
+    Writes run in transactions on ``writer``. Lookups run on ``reader`` in autocommit mode,
+    so that a lookup is its SELECT alone, without a BEGIN and a ROLLBACK around it.
+    """
+
+    writer: E
+    reader: E
+    owned: tuple[E, ...] = ()
+    """The engines the cache built, and so disposes of when it is closed."""
+
+
+def build_pair(
+    factory: Callable[..., E], url: URL, engine_kwargs: dict[str, Any], schema: str | None
+) -> EnginePair[E]:
+    """Build a family's engines from ``url`` with ``factory`` (create_engine or the async one).
+
+    ``engine_kwargs`` override the backend defaults.
+    """
+    sync_url, async_url = driver_urls(url)
+    driver_url = async_url if factory is create_async_engine else sync_url
+    kwargs = {**engine_defaults(url), **engine_kwargs}
     with _driver_required(url):
-        engine = create_async_engine(async_url, **{**engine_defaults(url), **engine_kwargs})
-    _configure(engine.sync_engine)
-    return engine
+        writer = factory(driver_url, **kwargs)
+        if _autocommit_is_a_round_trip(writer):
+            # Switching a pooled MySQL connection to autocommit and back costs two round
+            # trips, so lookups get a pool of their own that stays in autocommit, and skip
+            # the ROLLBACK that is a no-op there.
+            reader = factory(
+                driver_url,
+                **{**kwargs, "isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True},
+            )
+            owned: tuple[E, ...] = (writer, reader)
+        else:
+            reader = writer.execution_options(isolation_level="AUTOCOMMIT")
+            owned = (writer,)
+    for engine in owned:
+        _configure(_sync_engine_of(engine))
+    return _with_schema(EnginePair(writer=writer, reader=reader, owned=owned), schema)
+
+
+def given_pair(engine: E, schema: str | None) -> EnginePair[E]:
+    """Use an application's engine for a family; it is never disposed of by the cache."""
+    if _autocommit_is_a_round_trip(engine):
+        # Without a pool of our own, a plain read (SELECT, then the pool's ROLLBACK) is
+        # cheaper than switching the connection to autocommit and back.
+        return _with_schema(EnginePair(writer=engine, reader=engine), schema)
+    reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _with_schema(EnginePair(writer=engine, reader=reader), schema)
+
+
+def _with_schema(pair: EnginePair[E], schema: str | None) -> EnginePair[E]:
+    if schema is None:
+        return pair
+    # Mapping the schema per execution leaves the application's engines as they are
+    # (execution_options returns a copy that shares the pool).
+    translate = {None: schema}
+    return EnginePair(
+        writer=pair.writer.execution_options(schema_translate_map=translate),
+        reader=pair.reader.execution_options(schema_translate_map=translate),
+        owned=pair.owned,
+    )
+
+
+def _autocommit_is_a_round_trip(engine: Engine | AsyncEngine) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
+
+
+def _sync_engine_of(engine: Engine | AsyncEngine) -> Engine:
+    return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
 
 def _configure(engine: Engine) -> None:
