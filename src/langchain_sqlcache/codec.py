@@ -182,7 +182,7 @@ def _encode_message(idx: int, message: BaseMessage, text: str) -> dict[str, Any]
     if MESSAGE_CLASSES.get(message.type) is not type(message):
         msg = f"return_val[{idx}].message is a {type(message).__qualname__}, which is not cached"
         raise TypeError(msg)
-    data = message.model_dump(mode="json")
+    data = message.model_dump()
     # A string content is the generation's text (ChatGeneration derives text from it):
     # keep it once, in the readable text column, rather than twice at up to 16 MB each.
     if isinstance(message.content, str) and message.content == text:

@@ -1,0 +1,153 @@
+"""One backend-parametrized fixture: every cache test runs on SQLite, Postgres and MariaDB/MySQL.
+
+Server URLs come from ``SQLCACHE_TEST_POSTGRES_URL`` and ``SQLCACHE_TEST_MYSQL_URL`` (local
+servers by default). A server that does not answer is started with testcontainers when a
+Docker engine is reachable; otherwise its tests skip with the reason, except under
+``CI=true``, where an unreachable backend fails the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from langchain_sqlcache import SQLCache
+from langchain_sqlcache.engines import driver_urls
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A database the tests run against."""
+
+    name: str
+    url: str
+
+    @property
+    def sync_url(self) -> str:
+        return driver_urls(make_url(self.url))[0].render_as_string(hide_password=False)
+
+
+SERVER_BACKENDS = {
+    "postgresql": ("SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mysql": ("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
+BACKEND_PARAMS = [
+    pytest.param(name, marks=getattr(pytest.mark, name), id=name)
+    for name in ("sqlite", "postgresql", "mysql")
+]
+
+
+def _answers(url: str) -> str | None:
+    """Return None when the server answers, else why not."""
+    engine = create_engine(driver_urls(make_url(url))[0], pool_pre_ping=False)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def _start_container(name: str, stack: contextlib.ExitStack) -> str | None:
+    """Start the backend in a container when testcontainers and a Docker engine are here."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:  # noqa: BLE001 - no Docker engine: nothing to start
+        return None
+    if name == "postgresql":
+        from testcontainers.postgres import PostgresContainer
+
+        pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+        return str(pg.get_connection_url())
+    from testcontainers.mysql import MySqlContainer
+
+    my = stack.enter_context(MySqlContainer("mysql:8.4"))
+    return str(my.get_connection_url()).replace("mysql+pymysql://", "mysql://")
+
+
+@pytest.fixture(scope="session")
+def _containers() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session", params=BACKEND_PARAMS)
+def backend(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _containers: contextlib.ExitStack,
+) -> Backend:
+    """The database under test, once per backend for the whole session."""
+    name: str = request.param
+    if name == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "cache.db"
+        return Backend(name, f"sqlite:///{path}")
+    env_var, default = SERVER_BACKENDS[name]
+    url = os.environ.get(env_var, default)
+    reason = _answers(url)
+    if reason is not None:
+        started = _start_container(name, _containers)
+        if started is not None:
+            return Backend(name, started)
+        message = f"{name} at {url} does not answer ({reason}); set {env_var}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {message}")
+        pytest.skip(message)
+    return Backend(name, url)
+
+
+def unique_namespace() -> str:
+    """A namespace no other test uses, so that each test starts from an empty cache."""
+    return f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def cache(backend: Backend) -> Iterator[SQLCache]:
+    """An empty SQLCache on the backend under test, used through its sync methods."""
+    sql_cache = SQLCache(backend.url, namespace=unique_namespace())
+    yield sql_cache
+    sql_cache.clear()
+    sql_cache.close()
+
+
+@pytest.fixture
+async def async_cache(backend: Backend) -> AsyncIterator[SQLCache]:
+    """An empty SQLCache on the backend under test, used through its async methods."""
+    sql_cache = SQLCache(backend.url, namespace=unique_namespace())
+    yield sql_cache
+    await sql_cache.aclear()
+    await sql_cache.aclose()
+
+
+@pytest.fixture
+def tmp_sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file for tests that need an empty database."""
+    return f"sqlite:///{tmp_path / 'fresh.db'}"
+
+
+@pytest.fixture(params=["sync", "async"])
+def family(request: pytest.FixtureRequest) -> str:
+    """Which family of methods a test drives: sync (update/lookup) or async (a-methods)."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def both_cache(backend: Backend) -> AsyncIterator[SQLCache]:
+    """An empty SQLCache for tests that use both families; closes both engines."""
+    sql_cache = SQLCache(backend.url, namespace=unique_namespace())
+    yield sql_cache
+    await sql_cache.aclear()
+    await sql_cache.aclose()

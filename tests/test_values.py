@@ -1,0 +1,278 @@
+"""Exact round trips of every generation type and of hostile strings, on every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
+from sqlalchemy import create_engine, func, select, text
+
+from langchain_sqlcache import SQLCache
+from langchain_sqlcache.codec import unescape_text
+from langchain_sqlcache.models import entry_table, generation_table
+from tests.conftest import Backend
+from tests.helpers import get, put, wipe
+
+LLM = "model=fake-1;temperature=0"
+
+# Strings that break naive caches: NUL (Postgres text/jsonb reject it), 4-byte characters
+# (MySQL utf8 without mb4), a lone surrogate (no driver can send it), our escape marker,
+# quotes and SQL, backslash escapes, newlines and right-to-left text.
+HOSTILE_STRINGS = [
+    "\x00",
+    "before\x00after",
+    "emoji 😀🧪🚀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "lone surrogate \ud800 here",
+    "\ufdd0starts with the escape marker",
+    "'; DROP TABLE llm_cache_entry; --",
+    "back\\slash \\x00 \\u0000 %s %(name)s",
+    "line\nbreak\r\ttab",
+    "שלום עולם",
+    "",
+]
+
+
+def usage(inp: int, out: int) -> Any:
+    return {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out}
+
+
+def every_generation_type() -> list[Generation]:
+    return [
+        Generation(text="plain", generation_info={"finish_reason": "stop", "n": [1, 2.5, None]}),
+        GenerationChunk(text="chunk", generation_info={"logprobs": {"a": -0.5}}),
+        ChatGeneration(
+            message=AIMessage(
+                content="I'll call a tool.",
+                id="run-123",
+                name="assistant",
+                tool_calls=[{"name": "search", "args": {"q": "x", "k": 3}, "id": "call_1"}],
+                usage_metadata=usage(12, 7),
+                response_metadata={"model_name": "fake-1", "system_fingerprint": "fp"},
+                additional_kwargs={"refusal": None, "nested": {"deep": [True, False]}},
+            ),
+            generation_info={"finish_reason": "tool_calls"},
+        ),
+        ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="streamed",
+                id="run-456",
+                tool_call_chunks=[{"name": "f", "args": '{"a": 1}', "id": "c1", "index": 0}],
+                usage_metadata=usage(3, 4),
+            )
+        ),
+        ChatGeneration(
+            message=AIMessage(
+                content=[{"type": "text", "text": "block content"}, {"type": "image", "url": "u"}]
+            )
+        ),
+        ChatGeneration(message=HumanMessage(content="human", id="h1")),
+        ChatGeneration(message=SystemMessage(content="system")),
+        ChatGeneration(message=ToolMessage(content="tool out", tool_call_id="call_1")),
+        ChatGeneration(message=ChatMessage(content="chat", role="critic")),
+        ChatGeneration(message=FunctionMessage(content="fn", name="f")),
+    ]
+
+
+async def test_every_generation_type_round_trips(both_cache: SQLCache, family: str) -> None:
+    value = every_generation_type()
+    await put(both_cache, family, "prompt", LLM, value)
+    result = await get(both_cache, family, "prompt", LLM)
+    assert result == value
+    assert [type(g) for g in result] == [type(g) for g in value]
+    assert [type(g.message) for g in result if isinstance(g, ChatGeneration)] == [
+        type(g.message) for g in value if isinstance(g, ChatGeneration)
+    ]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_STRINGS, ids=repr)
+async def test_hostile_strings_round_trip_everywhere(
+    both_cache: SQLCache, family: str, hostile: str
+) -> None:
+    prompt = f"prompt {hostile}"
+    llm_string = f"{LLM} {hostile}"
+    value: list[Generation] = [
+        Generation(text=hostile, generation_info={hostile: hostile, "list": [hostile]}),
+        ChatGeneration(
+            message=AIMessage(
+                content=f"content {hostile}",
+                additional_kwargs={hostile: {"nested": hostile}},
+                response_metadata={"note": hostile},
+                id=f"id-{hostile}",
+            ),
+            generation_info={"k": hostile},
+        ),
+    ]
+    await put(both_cache, family, prompt, llm_string, value)
+    assert await get(both_cache, family, prompt, llm_string) == value
+    assert await get(both_cache, family, prompt, LLM) is None
+
+
+def stored_entries(backend: Backend, cache: SQLCache) -> list[Any]:
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            query = select(entry_table).where(entry_table.c.namespace == cache.namespace)
+            return list(connection.execute(query).all())
+    finally:
+        engine.dispose()
+
+
+def stored_generation_count(backend: Backend, cache: SQLCache) -> int:
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            query = (
+                select(func.count())
+                .select_from(generation_table.join(entry_table))
+                .where(entry_table.c.namespace == cache.namespace)
+            )
+            return int(connection.execute(query).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def test_prompt_and_llm_string_are_stored_readably(
+    backend: Backend, both_cache: SQLCache, family: str
+) -> None:
+    await put(both_cache, family, "What is 2+2? 😀", LLM, [Generation(text="4")])
+    await put(both_cache, family, "nul\x00prompt", LLM, [Generation(text="x")])
+    rows = {row.prompt: row for row in stored_entries(backend, both_cache)}
+    assert rows["What is 2+2? 😀"].llm_string == LLM
+    assert len(rows["What is 2+2? 😀"].key_hash) == 64
+    # A NUL cannot be stored as is on Postgres: it is escaped, reversibly.
+    escaped = next(p for p in rows if p != "What is 2+2? 😀")
+    assert "\x00" not in escaped
+    assert unescape_text(escaped) == "nul\x00prompt"
+
+
+async def test_one_megabyte_prompt(both_cache: SQLCache, family: str) -> None:
+    prompt = ("A long prompt with 4-byte characters 😀. " * 30_000)[:1_000_000]
+    value = [Generation(text="short answer")]
+    await put(both_cache, family, prompt, LLM, value)
+    assert await get(both_cache, family, prompt, LLM) == value
+    assert await get(both_cache, family, prompt[:-1], LLM) is None
+
+
+def max_allowed_packet(backend: Backend) -> int | None:
+    if backend.name != "mysql":
+        return None
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT @@max_allowed_packet")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+async def test_sixteen_megabyte_text(backend: Backend, both_cache: SQLCache, family: str) -> None:
+    packet = max_allowed_packet(backend)
+    # MariaDB's default packet (16 MiB) cannot carry a 16 MiB value; MySQL 8's (64 MiB) can.
+    assert packet is None or packet >= 32 << 20, (
+        f"max_allowed_packet is {packet}: run SET GLOBAL max_allowed_packet=67108864 "
+        "(as .ci/run does) or use docker/compose.yaml"
+    )
+    text = "0123456789abcdef" * (1 << 20)  # 16 MiB
+    value: list[Generation] = [ChatGeneration(message=AIMessage(content=text))]
+    await put(both_cache, family, "big", LLM, value)
+    result = await get(both_cache, family, "big", LLM)
+    assert result is not None
+    assert len(result[0].text) == 16 * 1024 * 1024
+    assert result == value
+
+
+async def test_update_replaces_the_whole_value(
+    backend: Backend, both_cache: SQLCache, family: str
+) -> None:
+    await put(both_cache, family, "p", LLM, [Generation(text="one"), Generation(text="two")])
+    await put(both_cache, family, "p", LLM, [Generation(text="only")])
+    assert await get(both_cache, family, "p", LLM) == [Generation(text="only")]
+    assert stored_generation_count(backend, both_cache) == 1
+    assert len(stored_entries(backend, both_cache)) == 1
+
+
+async def test_empty_value_deletes_the_entry(
+    backend: Backend, both_cache: SQLCache, family: str
+) -> None:
+    await put(both_cache, family, "p", LLM, [Generation(text="cached")])
+    await put(both_cache, family, "p", LLM, [])
+    assert await get(both_cache, family, "p", LLM) is None
+    assert stored_entries(backend, both_cache) == []
+    assert stored_generation_count(backend, both_cache) == 0
+    await put(both_cache, family, "never stored", LLM, [])
+    assert await get(both_cache, family, "never stored", LLM) is None
+
+
+async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
+    first = SQLCache(backend.url, namespace="tenant-a-" + family)
+    second = SQLCache(backend.url, namespace="tenant-b-" + family)
+    try:
+        await wipe(first, family)
+        await wipe(second, family)
+        await put(first, family, "p", LLM, [Generation(text="from a")])
+        assert await get(second, family, "p", LLM) is None
+        await put(second, family, "p", LLM, [Generation(text="from b")])
+        assert await get(first, family, "p", LLM) == [Generation(text="from a")]
+        await wipe(first, family)
+        assert await get(first, family, "p", LLM) is None
+        assert await get(second, family, "p", LLM) == [Generation(text="from b")]
+    finally:
+        await second.aclear()
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_key_parts_are_unambiguous(backend: Backend, both_cache: SQLCache, family: str) -> None:
+    await put(both_cache, family, "ab", "c", [Generation(text="ab|c")])
+    assert await get(both_cache, family, "a", "bc") is None
+    assert await get(both_cache, family, "abc", "") is None
+    other = SQLCache(backend.url, namespace=both_cache.namespace + "a")
+    try:
+        # namespace "xa" + prompt "b" must not meet namespace "x" + prompt "ab".
+        assert await get(other, family, "b", "c") is None
+    finally:
+        await other.aclose()
+
+
+class CustomGeneration(Generation):
+    """A subclass the cache cannot rebuild exactly."""
+
+
+@pytest.mark.parametrize(
+    ("bad_value", "named"),
+    [
+        ([Generation(text="ok"), "not a generation"], "builtins.str"),
+        ([{"text": "a dict"}], "builtins.dict"),
+        ("a bare string", "str"),
+        ([CustomGeneration(text="subclass")], "CustomGeneration"),
+        ([Generation(text="nan", generation_info={"x": float("nan")})], "not JSON"),
+    ],
+    ids=["str-item", "dict-item", "bare-str", "subclass", "nan"],
+)
+async def test_non_generation_values_raise_and_write_nothing(
+    both_cache: SQLCache, family: str, bad_value: Any, named: str
+) -> None:
+    await put(both_cache, family, "p", LLM, [Generation(text="kept")])
+    with pytest.raises(TypeError, match=named):
+        await put(both_cache, family, "p", LLM, bad_value)
+    with pytest.raises(TypeError, match=named):
+        await put(both_cache, family, "new", LLM, bad_value)
+    assert await get(both_cache, family, "p", LLM) == [Generation(text="kept")]
+    assert await get(both_cache, family, "new", LLM) is None
+
+
+async def test_clear_rejects_unknown_options(both_cache: SQLCache) -> None:
+    with pytest.raises(TypeError, match="bogus"):
+        both_cache.clear(bogus=True)
+    with pytest.raises(TypeError, match="bogus"):
+        await both_cache.aclear(bogus=True)
