@@ -127,9 +127,7 @@ def test_processes(backend: Backend) -> None:
         cache.clear()
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(4, mp_context=context) as pool:
-            futures = [
-                pool.submit(process_worker, backend.url, namespace, 8 * p) for p in range(4)
-            ]
+            futures = [pool.submit(process_worker, backend.url, namespace, 8 * p) for p in range(4)]
             assert [f.result(timeout=300) for f in futures] == [8, 8, 8, 8]
         assert_whole(cache.lookup("shared", LLM))
         assert_stored_once(backend, namespace, 1)

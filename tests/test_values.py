@@ -66,7 +66,15 @@ def every_generation_type() -> list[Generation]:
             message=AIMessageChunk(
                 content="streamed",
                 id="run-456",
-                tool_call_chunks=[{"name": "f", "args": '{"a": 1}', "id": "c1", "index": 0}],
+                tool_call_chunks=[
+                    {
+                        "name": "f",
+                        "args": '{"a": 1}',
+                        "id": "c1",
+                        "index": 0,
+                        "type": "tool_call_chunk",
+                    }
+                ],
                 usage_metadata=usage(3, 4),
             )
         ),
@@ -232,7 +240,9 @@ async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
         await second.aclose()
 
 
-async def test_key_parts_are_unambiguous(backend: Backend, both_cache: SQLCache, family: str) -> None:
+async def test_key_parts_are_unambiguous(
+    backend: Backend, both_cache: SQLCache, family: str
+) -> None:
     await put(both_cache, family, "ab", "c", [Generation(text="ab|c")])
     assert await get(both_cache, family, "a", "bc") is None
     assert await get(both_cache, family, "abc", "") is None

@@ -1,0 +1,268 @@
+"""URLs, drivers, engines the application passes in, schemas and DDL, round trips."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.outputs import Generation
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from langchain_sqlcache import ConfigurationError, MissingEngineError, SQLCache
+from langchain_sqlcache.engines import DEFAULT_URL, URL_ENV_VAR, driver_urls
+from tests.conftest import Backend
+from tests.helpers import get, put
+
+LLM = "engines-llm"
+VALUE = [Generation(text="cached")]
+
+
+@pytest.mark.parametrize(
+    ("url", "sync_url", "async_url"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        (
+            "postgresql+asyncpg://u@h/db",
+            "postgresql+psycopg://u@h/db",
+            "postgresql+asyncpg://u@h/db",
+        ),
+        (
+            "postgresql+psycopg2://u@h/db",
+            "postgresql+psycopg2://u@h/db",
+            "postgresql+asyncpg://u@h/db",
+        ),
+        (
+            "mysql://u@h/db",
+            "mysql+pymysql://u@h/db?charset=utf8mb4",
+            "mysql+aiomysql://u@h/db?charset=utf8mb4",
+        ),
+        (
+            "mariadb://u@h/db",
+            "mariadb+pymysql://u@h/db?charset=utf8mb4",
+            "mariadb+aiomysql://u@h/db?charset=utf8mb4",
+        ),
+        (
+            "mysql+aiomysql://u@h/db",
+            "mysql+pymysql://u@h/db?charset=utf8mb4",
+            "mysql+aiomysql://u@h/db?charset=utf8mb4",
+        ),
+        (
+            "mysql://u@h/db?charset=utf8mb4&ssl_disabled=true",
+            "mysql+pymysql://u@h/db?charset=utf8mb4&ssl_disabled=true",
+            "mysql+aiomysql://u@h/db?charset=utf8mb4&ssl_disabled=true",
+        ),
+        ("sqlite:///x.db", "sqlite+pysqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+pysqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+    ],
+)
+def test_url_gives_each_family_its_driver(url: str, sync_url: str, async_url: str) -> None:
+    sync, async_ = driver_urls(make_url(url))
+    assert sync.render_as_string() == sync_url
+    assert async_.render_as_string() == async_url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("oracle://u@h/db", "unsupported database backend 'oracle'"),
+        ("not a url", "not a database URL"),
+        ("postgresql+nosuchdriver://u@h/db", "unknown driver"),
+    ],
+)
+def test_bad_urls_raise_configuration_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        SQLCache(url)
+
+
+def test_backend_engines_use_the_expected_drivers(backend: Backend) -> None:
+    expected = {
+        "sqlite": ("pysqlite", "aiosqlite"),
+        "postgresql": ("psycopg", "asyncpg"),
+        "mysql": ("pymysql", "aiomysql"),
+    }[backend.name]
+    cache = SQLCache(backend.url)
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    assert (cache._engines.writer.driver, cache._async_engines.writer.driver) == expected
+    cache.close()
+
+
+def test_default_url_is_the_env_var_then_a_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(URL_ENV_VAR, raising=False)
+    cache = SQLCache()
+    cache.update("p", LLM, VALUE)
+    cache.close()
+    assert DEFAULT_URL == "sqlite:///.langchain_cache.db"
+    assert (tmp_path / ".langchain_cache.db").exists()
+    monkeypatch.setenv(URL_ENV_VAR, f"sqlite:///{tmp_path / 'from-env.db'}")
+    cache = SQLCache()
+    assert cache.lookup("p", LLM) is None
+    cache.update("p", LLM, VALUE)
+    cache.close()
+    assert (tmp_path / "from-env.db").exists()
+
+
+@pytest.fixture
+def app_engines(backend: Backend) -> Iterator[tuple[Engine, AsyncEngine]]:
+    sync_url, async_url = driver_urls(make_url(backend.url))
+    engine = create_engine(sync_url)
+    async_engine = create_async_engine(async_url)
+    yield engine, async_engine
+    engine.dispose()
+
+
+async def test_application_engines_are_reused_and_left_open(
+    app_engines: tuple[Engine, AsyncEngine],
+) -> None:
+    engine, async_engine = app_engines
+    disposed: list[object] = []
+    for target in (engine, async_engine.sync_engine):
+        event.listen(target, "engine_disposed", disposed.append)
+    cache = SQLCache(engine=engine, async_engine=async_engine, namespace="app-engines")
+    cache.update("p", LLM, VALUE)
+    assert await cache.alookup("p", LLM) == VALUE
+    await cache.aclear()
+    await cache.aclose()
+    assert disposed == []
+    await async_engine.dispose()
+
+
+async def test_missing_family_names_what_to_pass(app_engines: tuple[Engine, AsyncEngine]) -> None:
+    engine, async_engine = app_engines
+    sync_only = SQLCache(engine=engine, namespace="sync-only")
+    assert sync_only.lookup("p", LLM) is None
+    with pytest.raises(MissingEngineError, match=r"async_engine=create_async_engine\(\.\.\.\)"):
+        await sync_only.alookup("p", LLM)
+    async_only = SQLCache(async_engine=async_engine, namespace="async-only")
+    assert await async_only.alookup("p", LLM) is None
+    with pytest.raises(MissingEngineError, match=r"pass engine=create_engine\(\.\.\.\)"):
+        async_only.update("p", LLM, VALUE)
+    await async_engine.dispose()
+
+
+def test_url_and_one_engine_derive_the_other_family(
+    backend: Backend, app_engines: tuple[Engine, AsyncEngine]
+) -> None:
+    engine, _ = app_engines
+    cache = SQLCache(backend.url, engine=engine, namespace="mixed")
+    assert cache._engines is not None
+    assert cache._engines.writer is engine
+    assert cache._async_engines is not None
+    assert cache._async_engines.owned
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ConfigurationError, match="namespace"):
+        SQLCache("sqlite://", namespace="n" * 256)
+    engine = create_engine("sqlite://")
+    with pytest.raises(ConfigurationError, match="pool_size"):
+        SQLCache(engine=engine, pool_size=3)
+
+
+class StatementLog:
+    """Every statement an engine sends, with whether its connection was in autocommit."""
+
+    def __init__(self, *engines: Engine) -> None:
+        self.statements: list[tuple[str, bool]] = []
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.statements.append((statement, in_autocommit(conn.connection.dbapi_connection)))
+
+    def clear(self) -> None:
+        self.statements.clear()
+
+
+def in_autocommit(dbapi_connection: Any) -> bool:
+    if hasattr(dbapi_connection, "get_autocommit"):  # PyMySQL, aiomysql
+        return bool(dbapi_connection.get_autocommit())
+    if isinstance(getattr(dbapi_connection, "autocommit", None), bool):  # psycopg, asyncpg
+        return bool(dbapi_connection.autocommit)
+    return dbapi_connection.isolation_level is None  # sqlite3, aiosqlite
+
+
+async def test_lookup_is_one_select_in_autocommit(both_cache: SQLCache, family: str) -> None:
+    assert both_cache._engines is not None
+    assert both_cache._async_engines is not None
+    await get(both_cache, family, "warm up", LLM)  # table creation happens once, here
+    log = StatementLog(both_cache._engines.reader, both_cache._async_engines.reader.sync_engine)
+    for prompt in ("miss", "hit"):
+        if prompt == "hit":
+            await put(both_cache, family, prompt, LLM, VALUE)
+        log.clear()
+        await get(both_cache, family, prompt, LLM)
+        assert len(log.statements) == 1, log.statements
+        statement, autocommit = log.statements[0]
+        assert statement.lstrip().upper().startswith("SELECT")
+        # In autocommit the driver sends no BEGIN and the pool no ROLLBACK around it.
+        assert autocommit
+
+
+DDL = re.compile(r"^\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
+
+
+async def test_create_tables_false_never_issues_ddl(
+    backend: Backend, app_engines: tuple[Engine, AsyncEngine], tmp_sqlite_url: str
+) -> None:
+    engine, async_engine = app_engines
+    SQLCache(engine=engine).lookup("ensure the tables exist", LLM)
+    log = StatementLog(engine, async_engine.sync_engine)
+    cache = SQLCache(
+        engine=engine, async_engine=async_engine, namespace="no-ddl", create_tables=False
+    )
+    cache.update("p", LLM, VALUE)
+    assert await cache.alookup("p", LLM) == VALUE
+    await cache.aclear()
+    assert log.statements
+    assert not [s for s, _ in log.statements if DDL.match(s)]
+    await async_engine.dispose()
+    # On an empty database the first use fails (there is no table) rather than create one.
+    empty = create_engine(tmp_sqlite_url)
+    empty_log = StatementLog(empty)
+    with pytest.raises(DBAPIError, match="no such table"):
+        SQLCache(engine=empty, create_tables=False).lookup("p", LLM)
+    assert not [s for s, _ in empty_log.statements if DDL.match(s)]
+    assert inspect(empty).get_table_names() == []
+
+
+SCHEMA = "sqlcache_test_schema"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+async def test_schema_holds_the_tables(backend: Backend, family: str) -> None:
+    admin = create_engine(backend.sync_url)
+    drop = (
+        "DROP SCHEMA IF EXISTS {} CASCADE"
+        if backend.name == "postgresql"
+        else ("DROP DATABASE IF EXISTS {}")
+    )
+    with admin.begin() as connection:
+        connection.execute(text(drop.format(SCHEMA)))
+        if backend.name == "mysql":
+            # A MySQL "schema" is a database, which the DBA creates; Postgres schemas are
+            # created by the cache when absent.
+            connection.execute(text(f"CREATE DATABASE {SCHEMA} CHARACTER SET utf8mb4"))
+    cache = SQLCache(backend.url, schema=SCHEMA, namespace="in-schema")
+    try:
+        await put(cache, family, "p", LLM, VALUE)
+        assert await get(cache, family, "p", LLM) == VALUE
+        tables = set(inspect(admin).get_table_names(schema=SCHEMA))
+        assert tables == {"llm_cache_entry", "llm_cache_generation"}
+        default = SQLCache(backend.url, namespace="in-schema")
+        assert await get(default, family, "p", LLM) is None
+        await default.aclose()
+    finally:
+        await cache.aclose()
+        with admin.begin() as connection:
+            connection.execute(text(drop.format(SCHEMA)))
+        admin.dispose()

@@ -1,0 +1,45 @@
+"""The public API is small and explicit; changing it is a decision, not an accident."""
+
+from __future__ import annotations
+
+import inspect
+
+import langchain_sqlcache
+from langchain_sqlcache import SQLCache
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(langchain_sqlcache.__all__) == [
+        "ConfigurationError",
+        "MissingEngineError",
+        "SQLCache",
+        "SQLCacheError",
+        "__version__",
+    ]
+
+
+def test_constructor_signature() -> None:
+    parameters = inspect.signature(SQLCache).parameters
+    assert list(parameters) == [
+        "url",
+        "engine",
+        "async_engine",
+        "namespace",
+        "schema",
+        "create_tables",
+        "engine_kwargs",
+    ]
+    assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(
+        parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+        for name in ("engine", "async_engine", "namespace", "schema", "create_tables")
+    )
+    assert parameters["namespace"].default == ""
+    assert parameters["create_tables"].default is True
+
+
+def test_methods() -> None:
+    for name in ("lookup", "update", "clear", "close"):
+        assert callable(getattr(SQLCache, name))
+    for name in ("alookup", "aupdate", "aclear", "aclose"):
+        assert inspect.iscoroutinefunction(getattr(SQLCache, name))
