@@ -73,6 +73,8 @@ def test_url_gives_each_family_its_driver(url: str, sync_url: str, async_url: st
         ("oracle://u@h/db", "unsupported database backend 'oracle'"),
         ("not a url", "not a database URL"),
         ("postgresql+nosuchdriver://u@h/db", "unknown driver"),
+        ("sqlite://", "in-memory SQLite"),
+        ("sqlite:///:memory:", "in-memory SQLite"),
     ],
 )
 def test_bad_urls_raise_configuration_errors(url: str, message: str) -> None:
@@ -162,7 +164,11 @@ def test_url_and_one_engine_derive_the_other_family(
 
 def test_invalid_arguments() -> None:
     with pytest.raises(ConfigurationError, match="namespace"):
-        SQLCache("sqlite://", namespace="n" * 256)
+        SQLCache(engine=create_engine("sqlite://"), namespace="n" * 256)
+    with pytest.raises(ConfigurationError, match="namespace"):
+        SQLCache(engine=create_engine("sqlite://"), namespace="\x00" * 100)
+    with pytest.raises(ConfigurationError, match="end with a space"):
+        SQLCache(engine=create_engine("sqlite://"), namespace="tenant ")
     engine = create_engine("sqlite://")
     with pytest.raises(ConfigurationError, match="pool_size"):
         SQLCache(engine=engine, pool_size=3)
@@ -206,6 +212,22 @@ async def test_lookup_is_one_select_in_autocommit(both_cache: SQLCache, family: 
         assert statement.lstrip().upper().startswith("SELECT")
         # In autocommit the driver sends no BEGIN and the pool no ROLLBACK around it.
         assert autocommit
+
+
+async def test_update_is_an_upsert_and_two_statements(both_cache: SQLCache, family: str) -> None:
+    assert both_cache._engines is not None
+    assert both_cache._async_engines is not None
+    await get(both_cache, family, "warm up", LLM)
+    log = StatementLog(both_cache._engines.writer, both_cache._async_engines.writer.sync_engine)
+    for size in (1, 4, 2):
+        log.clear()
+        await put(both_cache, family, "p", LLM, [Generation(text=str(i)) for i in range(size)])
+        # Upsert the entry, delete its old generations, insert the new ones (one
+        # executemany): no SELECT before the write, whatever the number of generations.
+        verbs = [s.split(None, 1)[0].upper() for s, _ in log.statements]
+        assert verbs == ["INSERT", "DELETE", "INSERT"], log.statements
+        upsert = log.statements[0][0].upper()
+        assert "ON CONFLICT" in upsert or "ON DUPLICATE KEY UPDATE" in upsert
 
 
 DDL = re.compile(r"^\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)

@@ -240,6 +240,24 @@ async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
         await second.aclose()
 
 
+async def test_similar_namespaces_are_distinct(backend: Backend, family: str) -> None:
+    # MySQL's default collation would equate these; namespaces compare byte for byte.
+    names = ["Tenant", "tenant", "tenant\t", "tenant\x00"]
+    caches = [SQLCache(backend.url, namespace=f"{family}-{name}") for name in names]
+    try:
+        for cache, name in zip(caches, names, strict=True):
+            await wipe(cache, family)
+            await put(cache, family, "p", LLM, [Generation(text=name)])
+        await wipe(caches[0], family)
+        assert await get(caches[0], family, "p", LLM) is None
+        for cache, name in zip(caches[1:], names[1:], strict=True):
+            assert await get(cache, family, "p", LLM) == [Generation(text=name)]
+    finally:
+        for cache in caches:
+            await cache.aclear()
+            await cache.aclose()
+
+
 async def test_key_parts_are_unambiguous(
     backend: Backend, both_cache: SQLCache, family: str
 ) -> None:

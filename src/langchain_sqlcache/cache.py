@@ -68,8 +68,12 @@ class SQLCache(BaseCache):
         create_tables: bool = True,
         **engine_kwargs: Any,
     ) -> None:
-        if not isinstance(namespace, str) or len(namespace) > NAMESPACE_MAX_LENGTH:
+        if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
             msg = f"namespace must be a string of at most {NAMESPACE_MAX_LENGTH} characters"
+            raise ConfigurationError(msg)
+        if namespace.endswith(" "):
+            # MySQL's collations ignore trailing spaces, so "a " would share entries with "a".
+            msg = f"namespace must not end with a space: {namespace!r}"
             raise ConfigurationError(msg)
         if url is None and engine is None and async_engine is None:
             url = resolve_url(None)

@@ -122,6 +122,13 @@ def build_pair(
 
     ``engine_kwargs`` override the backend defaults.
     """
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        msg = (
+            "an in-memory SQLite database belongs to one connection, so threads and the sync "
+            "and async methods would each see a different cache; use a file "
+            "(sqlite:///cache.db), or pass engine=/async_engine= built the way you want"
+        )
+        raise ConfigurationError(msg)
     sync_url, async_url = driver_urls(url)
     driver_url = async_url if factory is create_async_engine else sync_url
     kwargs = {**engine_defaults(url), **engine_kwargs}

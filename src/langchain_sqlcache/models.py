@@ -49,6 +49,16 @@ JSON_DOCUMENT: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgr
 HASH_HEX_LENGTH = 64
 NAMESPACE_MAX_LENGTH = 255
 
+# MySQL compares strings case- and trailing-space-insensitively by default, which would let
+# namespace "Tenant" clear the entries of "tenant ": namespaces compare byte for byte.
+NAMESPACE_TYPE: TypeEngine[str] = String(NAMESPACE_MAX_LENGTH).with_variant(
+    mysql.VARCHAR(NAMESPACE_MAX_LENGTH, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+# Lowercase hex: one byte a character in the unique index on MySQL rather than four.
+KEY_HASH_TYPE: TypeEngine[str] = String(HASH_HEX_LENGTH).with_variant(
+    mysql.VARCHAR(HASH_HEX_LENGTH, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+)
+
 
 class Base(DeclarativeBase):
     """Declarative base whose MetaData names every constraint and index predictably."""
@@ -67,11 +77,11 @@ class CacheEntry(Base):
 
     id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
     key_hash: Mapped[str] = mapped_column(
-        String(HASH_HEX_LENGTH),
+        KEY_HASH_TYPE,
         unique=True,
         comment="hex SHA-256 of the length-prefixed namespace, prompt and llm_string",
     )
-    namespace: Mapped[str] = mapped_column(String(NAMESPACE_MAX_LENGTH))
+    namespace: Mapped[str] = mapped_column(NAMESPACE_TYPE)
     prompt: Mapped[str] = mapped_column(LONG_TEXT)
     llm_string: Mapped[str] = mapped_column(LONG_TEXT)
 
