@@ -11,10 +11,9 @@ import pytest
 from langchain_core.outputs import Generation
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from langchain_sqlcache import ConfigurationError, MissingEngineError, SQLCache
+from langchain_sqlcache import ConfigurationError, MissingEngineError, SchemaError, SQLCache
 from langchain_sqlcache.engines import DEFAULT_URL, URL_ENV_VAR, driver_urls
 from tests.conftest import Backend
 from tests.helpers import get, put
@@ -248,10 +247,10 @@ async def test_create_tables_false_never_issues_ddl(
     assert log.statements
     assert not [s for s, _ in log.statements if DDL.match(s)]
     await async_engine.dispose()
-    # On an empty database the first use fails (there is no table) rather than create one.
+    # On an empty database the first use fails, naming the fix, rather than create tables.
     empty = create_engine(tmp_sqlite_url)
     empty_log = StatementLog(empty)
-    with pytest.raises(DBAPIError, match="no such table"):
+    with pytest.raises(SchemaError, match=r"do not exist .* langchain-sqlcache db upgrade --url"):
         SQLCache(engine=empty, create_tables=False).lookup("p", LLM)
     assert not [s for s, _ in empty_log.statements if DDL.match(s)]
     assert inspect(empty).get_table_names() == []
@@ -279,7 +278,7 @@ async def test_schema_holds_the_tables(backend: Backend, family: str) -> None:
         await put(cache, family, "p", LLM, VALUE)
         assert await get(cache, family, "p", LLM) == VALUE
         tables = set(inspect(admin).get_table_names(schema=SCHEMA))
-        assert tables == {"llm_cache_entry", "llm_cache_generation"}
+        assert tables == {"llm_cache_entry", "llm_cache_generation", "llm_cache_alembic_version"}
         default = SQLCache(backend.url, namespace="in-schema")
         assert await get(default, family, "p", LLM) is None
         await default.aclose()

@@ -14,6 +14,7 @@ def test_all_is_pinned() -> None:
         "MissingEngineError",
         "SQLCache",
         "SQLCacheError",
+        "SchemaError",
         "__version__",
     ]
 

@@ -3,7 +3,12 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from langchain_sqlcache.cache import SQLCache
-from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, SQLCacheError
+from langchain_sqlcache.errors import (
+    ConfigurationError,
+    MissingEngineError,
+    SchemaError,
+    SQLCacheError,
+)
 
 try:
     __version__ = version("langchain-sqlcache")
@@ -15,5 +20,6 @@ __all__ = [
     "MissingEngineError",
     "SQLCache",
     "SQLCacheError",
+    "SchemaError",
     "__version__",
 ]

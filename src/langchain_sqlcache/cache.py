@@ -18,13 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from langchain_sqlcache.codec import decode_generations, encode_generations, entry_key, escape_text
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, is_retryable
+from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
-from langchain_sqlcache.statements import (
-    clear_namespace,
-    create_tables,
-    lookup_rows,
-    write_value,
-)
+from langchain_sqlcache.statements import clear_namespace, lookup_rows, write_value
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,7 +47,10 @@ class SQLCache(BaseCache):
         namespace: Caches with different namespaces share the tables but never each other's
             entries.
         schema: The Postgres schema or MySQL database that holds the tables.
-        create_tables: Create absent tables on first use. With False no DDL is ever issued.
+        create_tables: On first use, migrate an empty database to the package's schema (it
+            ends stamped at head). With False no DDL is ever issued. Either way a schema at
+            another revision raises ``SchemaError`` naming the command that fixes it; the
+            check is one query per engine, once.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -86,6 +85,7 @@ class SQLCache(BaseCache):
         self._engines: EnginePair[Engine] | None = None
         self._async_engines: EnginePair[AsyncEngine] | None = None
         parsed = resolve_url(url) if url is not None else None
+        self._url = parsed
         if engine is not None:
             self._engines = given_pair(engine, schema)
         elif parsed is not None:
@@ -178,9 +178,10 @@ class SQLCache(BaseCache):
         if not self._engines_ready:
             with self._ready_lock:
                 if not self._engines_ready:
-                    if self.create_tables:
-                        with self._engines.writer.connect() as connection:
-                            create_tables(connection, self.schema)
+                    with self._engines.writer.connect() as connection:
+                        ensure_schema(
+                            connection, self.schema, create=self.create_tables, url=self._url
+                        )
                     self._engines_ready = True
         return self._engines
 
@@ -190,11 +191,13 @@ class SQLCache(BaseCache):
                 _missing_engine_message("async", "async_engine", "create_async_engine")
             )
         if not self._async_engines_ready:
-            # Tasks that race here each run the idempotent creation; no lock is held across
-            # an await, so the cache stays usable from successive event loops.
-            if self.create_tables:
-                async with self._async_engines.writer.connect() as connection:
-                    await connection.run_sync(create_tables, self.schema)
+            # Tasks that race here each run the check (the migration itself serializes on a
+            # database lock); no lock is held across an await, so the cache stays usable from
+            # successive event loops.
+            async with self._async_engines.writer.connect() as connection:
+                await connection.run_sync(
+                    ensure_schema, self.schema, create=self.create_tables, url=self._url
+                )
             self._async_engines_ready = True
         return self._async_engines
 

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from langchain_sqlcache.errors import ConfigurationError
 
@@ -180,6 +180,29 @@ def _autocommit_is_a_round_trip(engine: Engine | AsyncEngine) -> bool:
 
 def _sync_engine_of(engine: Engine | AsyncEngine) -> Engine:
     return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+
+def create_migration_engine(url: URL) -> Engine:
+    """A sync engine without a pool, for one migration run or one version check."""
+    sync_url, _ = driver_urls(url)
+    with _driver_required(url):
+        engine = create_engine(sync_url, poolclass=NullPool, **engine_defaults(url))
+    _configure(engine)
+    return engine
+
+
+def create_async_migration_engine(url: URL) -> AsyncEngine:
+    """An async engine without a pool, for a migration run from an async URL."""
+    _, async_url = driver_urls(url)
+    with _driver_required(url):
+        engine = create_async_engine(async_url, poolclass=NullPool, **engine_defaults(url))
+    _configure(engine.sync_engine)
+    return engine
+
+
+def names_async_driver(url: URL) -> bool:
+    """Whether the URL itself names an async driver (postgresql+asyncpg://...)."""
+    return "+" in url.drivername and _is_async_driver(url)
 
 
 def _configure(engine: Engine) -> None:

@@ -15,6 +15,10 @@ class MissingEngineError(ConfigurationError):
     """A sync or async method was called but the cache has no engine of that family."""
 
 
+class SchemaError(ConfigurationError):
+    """The cache's tables are missing, or at a revision other than the package's head."""
+
+
 # Errors a retry of the whole transaction fixes: deadlocks, serialization failures, lock waits.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 RETRYABLE_MYSQL_CODES = frozenset({1205, 1213})

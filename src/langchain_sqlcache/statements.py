@@ -27,10 +27,8 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.schema import CreateSchema
 
-from langchain_sqlcache.models import entry_table, generation_table, metadata
+from langchain_sqlcache.models import entry_table, generation_table
 
 entry = entry_table
 generation = generation_table
@@ -145,22 +143,3 @@ def clear_namespace(connection: Connection, namespace: str) -> None:
     statements = statements_for(connection.dialect.name)
     connection.execute(statements.clear_generations, {"namespace": namespace})
     connection.execute(statements.clear_entries, {"namespace": namespace})
-
-
-def create_tables(connection: Connection, schema: str | None) -> None:
-    """Create the schema (Postgres) and the tables that are absent, and commit.
-
-    Several processes may race here; a creator that loses the race to another sees the
-    tables on its second look.
-    """
-    for attempt in (1, 2):
-        try:
-            if schema is not None and connection.dialect.name == "postgresql":
-                connection.execute(CreateSchema(schema, if_not_exists=True))
-            metadata.create_all(connection, checkfirst=True)
-            connection.commit()
-            return
-        except DBAPIError:
-            connection.rollback()
-            if attempt == 2:
-                raise
