@@ -56,11 +56,16 @@ def create_schema_if_absent(dialect_name: str) -> None:
 
 
 def drop_version_table_at_base() -> None:
-    """After `downgrade base`, remove our version table too: nothing of ours is left."""
+    """After a downgrade to base, remove our version table too: nothing of ours is left."""
     migration_context = context.get_context()
-    if migration_context.opts.get("destination_rev") != "base":
+    destination = migration_context.opts.get("destination_rev")
+    if destination is None:  # current, check: not a migration run
         return
-    if migration_context.as_sql or migration_context.get_current_revision() is None:
+    if migration_context.as_sql:
+        at_base = destination == "base"
+    else:
+        at_base = migration_context.get_current_revision() is None
+    if at_base:
         Operations(migration_context).drop_table(VERSION_TABLE, schema=schema)
 
 

@@ -52,10 +52,13 @@ def make_config(
     *,
     schema: str | None = None,
     connection: Connection | None = None,
-    stdout: Any = None,
+    output_buffer: Any = None,
 ) -> Config:
-    """Build the Alembic Config in code, from the package's location (no alembic.ini)."""
-    config = Config(stdout=stdout) if stdout is not None else Config()
+    """Build the Alembic Config in code, from the package's location (no alembic.ini).
+
+    ``output_buffer`` receives the SQL of offline (``--sql``) runs.
+    """
+    config = Config(output_buffer=output_buffer)
     config.set_main_option("script_location", str(script_location()))
     if url is not None:
         rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
@@ -79,14 +82,14 @@ Target = str | URL | Engine | Connection
 
 
 @contextlib.contextmanager
-def _config_for(target: Target, schema: str | None, stdout: Any = None) -> Iterator[Config]:
+def _config_for(target: Target, schema: str | None, output: Any = None) -> Iterator[Config]:
     if isinstance(target, Connection):
-        yield make_config(schema=schema, connection=target, stdout=stdout)
+        yield make_config(schema=schema, connection=target, output_buffer=output)
     elif isinstance(target, Engine):
         with target.connect() as connection:
-            yield make_config(schema=schema, connection=connection, stdout=stdout)
+            yield make_config(schema=schema, connection=connection, output_buffer=output)
     else:
-        yield make_config(target, schema=schema, stdout=stdout)
+        yield make_config(target, schema=schema, output_buffer=output)
 
 
 def upgrade(

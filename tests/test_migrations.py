@@ -1,0 +1,425 @@
+"""Alembic owns the schema: upgrade, downgrade, stepwise, offline, concurrent, host apps."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from langchain_core.outputs import Generation
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+
+from langchain_sqlcache import SchemaError, SQLCache, migrations
+from langchain_sqlcache.engines import driver_urls
+from langchain_sqlcache.migrations import (
+    OWN_TABLES,
+    VERSION_TABLE,
+    head_revision,
+    include_name,
+    include_object,
+    make_config,
+)
+from tests.conftest import Backend
+from tests.test_engines import StatementLog
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH_DATABASE = "sqlcache_migrations_test"
+
+
+def revisions() -> list[str]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory.from_config(make_config())
+    return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
+def sync_engine(url: str) -> Engine:
+    return create_engine(driver_urls(make_url(url))[0])
+
+
+@pytest.fixture
+def empty_db(backend: Backend, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database that holds nothing yet (a scratch database on servers)."""
+    if backend.name == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    drop = f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE}"
+    create = f"CREATE DATABASE {SCRATCH_DATABASE}"
+    if backend.name == "postgresql":
+        drop += " WITH (FORCE)"
+    else:
+        create += " CHARACTER SET utf8mb4"
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+        connection.execute(text(create))
+    yield make_url(backend.url).set(database=SCRATCH_DATABASE).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+    admin.dispose()
+
+
+def table_names(url: str, schema: str | None = None) -> set[str]:
+    engine = sync_engine(url)
+    try:
+        return set(inspect(engine).get_table_names(schema=schema))
+    finally:
+        engine.dispose()
+
+
+def snapshot(url: str, schema: str | None = None) -> dict[str, Any]:
+    """Tables, columns, keys and indexes as plain data, for comparing two schemas."""
+    engine = sync_engine(url)
+    try:
+        inspector = inspect(engine)
+        return {
+            name: {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"])
+                    for c in inspector.get_columns(name, schema=schema)
+                ],
+                "pk": inspector.get_pk_constraint(name, schema=schema)["constrained_columns"],
+                "fks": sorted(
+                    (fk["name"], tuple(fk["constrained_columns"]), fk["referred_table"])
+                    for fk in inspector.get_foreign_keys(name, schema=schema)
+                ),
+                "indexes": sorted(
+                    (ix["name"], tuple(ix["column_names"]), bool(ix["unique"]))
+                    for ix in inspector.get_indexes(name, schema=schema)
+                ),
+                "uniques": sorted(
+                    (uq["name"], tuple(uq["column_names"]))
+                    for uq in inspector.get_unique_constraints(name, schema=schema)
+                ),
+            }
+            for name in sorted(inspector.get_table_names(schema=schema))
+        }
+    finally:
+        engine.dispose()
+
+
+def assert_models_match_database(url: str) -> None:
+    """`alembic check`: autogenerate finds no difference between the models and the db."""
+    engine = sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            command.check(make_config(schema=None, connection=connection))
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_head_creates_exactly_our_tables(empty_db: str) -> None:
+    migrations.upgrade(empty_db)
+    assert table_names(empty_db) == OWN_TABLES
+    assert migrations.current(empty_db) == head_revision()
+    assert_models_match_database(empty_db)
+
+
+def test_downgrade_base_leaves_nothing_of_ours(empty_db: str) -> None:
+    migrations.upgrade(empty_db)
+    migrations.downgrade(empty_db, "base")
+    assert table_names(empty_db) == set()
+    assert migrations.current(empty_db) is None
+
+
+def test_up_down_up_is_consistent(empty_db: str) -> None:
+    migrations.upgrade(empty_db)
+    first = snapshot(empty_db)
+    migrations.downgrade(empty_db, "base")
+    migrations.upgrade(empty_db)
+    assert snapshot(empty_db) == first
+    assert_models_match_database(empty_db)
+
+
+def test_every_revision_is_reached_stepwise(empty_db: str) -> None:
+    ordered = revisions()
+    assert ordered[0] == "0001"
+    for revision in ordered:
+        migrations.upgrade(empty_db, "+1")
+        assert migrations.current(empty_db) == revision
+    for revision in [*reversed(ordered[:-1]), None]:
+        migrations.downgrade(empty_db, "-1")
+        assert migrations.current(empty_db) == revision
+    assert table_names(empty_db) == set()
+
+
+HOST_METADATA = MetaData()
+HOST_ORDERS = Table(
+    "orders", HOST_METADATA, Column("id", Integer, primary_key=True), Column("item", String(50))
+)
+
+
+def test_host_application_history_survives(empty_db: str) -> None:
+    engine = sync_engine(empty_db)
+    try:
+        with engine.begin() as connection:
+            HOST_METADATA.create_all(connection)
+            connection.execute(insert(HOST_ORDERS).values(id=1, item="book"))
+            MigrationContext.configure(connection)._version.create(connection)
+            connection.execute(text("INSERT INTO alembic_version VALUES ('host0042')"))
+        migrations.upgrade(empty_db)
+        migrations.downgrade(empty_db, "base")
+        migrations.upgrade(empty_db)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+                ("host0042",)
+            ]
+            assert connection.execute(select(HOST_ORDERS)).all() == [(1, "book")]
+            # The host's autogenerate, with our filter, sees only its own tables.
+            for options in ({"include_name": include_name}, {"include_object": include_object}):
+                context = MigrationContext.configure(connection, opts=options)
+                assert compare_metadata(context, HOST_METADATA) == []
+            unfiltered = compare_metadata(MigrationContext.configure(connection), HOST_METADATA)
+            removed = {diff[1].name for diff in unfiltered if diff[0] == "remove_table"}
+            assert removed == OWN_TABLES
+        assert table_names(empty_db) == OWN_TABLES | {"orders", "alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def upgrade_in_a_process(url: str) -> list[str]:
+    """Run in a child process: upgrade head, and return the revisions it applied itself."""
+    applied: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Running upgrade"):
+                applied.append(record.getMessage())
+
+    logger = logging.getLogger("alembic.runtime.migration")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Collect())
+    migrations.upgrade(url)
+    return applied
+
+
+def test_concurrent_upgrades_apply_each_revision_once(empty_db: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(4, mp_context=context) as pool:
+        results = list(pool.map(upgrade_in_a_process, [empty_db] * 4, timeout=300))
+    applied = [message for result in results for message in result]
+    assert len(applied) == len(revisions()), applied
+    assert migrations.current(empty_db) == head_revision()
+    assert table_names(empty_db) == OWN_TABLES
+
+
+def apply_script(url: str, sql: str) -> None:
+    """Apply offline SQL by hand, statement by statement, as a DBA would."""
+    lines = [line for line in sql.splitlines() if not line.startswith("--")]
+    statements = [s.strip() for s in "\n".join(lines).split(";\n")]
+    engine = sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                if statement and statement.rstrip(";").upper() not in ("BEGIN", "COMMIT"):
+                    connection.exec_driver_sql(statement.rstrip(";"))
+    finally:
+        engine.dispose()
+
+
+def test_offline_sql_applies_and_gives_the_same_schema(empty_db: str) -> None:
+    sql = migrations.upgrade(empty_db, sql=True)
+    assert sql is not None
+    assert "CREATE TABLE llm_cache_entry" in sql
+    assert "CREATE TABLE llm_cache_generation" in sql
+    assert table_names(empty_db) == set()  # --sql only prints
+    apply_script(empty_db, sql)
+    assert migrations.current(empty_db) == head_revision()
+    assert_models_match_database(empty_db)
+    by_hand = snapshot(empty_db)
+    down_sql = migrations.downgrade(empty_db, f"{head_revision()}:base", sql=True)
+    assert down_sql is not None
+    apply_script(empty_db, down_sql)
+    assert table_names(empty_db) == set()
+    migrations.upgrade(empty_db)
+    assert snapshot(empty_db) == by_hand
+
+
+@pytest.mark.parametrize("dialect_url", ["postgresql://u@h/db", "mysql://u@h/db"])
+def test_offline_sql_for_review_needs_no_server(dialect_url: str) -> None:
+    sql = migrations.upgrade(dialect_url, sql=True)
+    assert sql is not None
+    assert f"INSERT INTO {VERSION_TABLE}" in sql
+    assert ("JSONB" in sql) == dialect_url.startswith("postgresql")
+    assert ("LONGTEXT" in sql) == dialect_url.startswith("mysql")
+
+
+def test_async_urls_migrate_through_run_sync(empty_db: str) -> None:
+    async_url = driver_urls(make_url(empty_db))[1]
+    assert async_url.get_driver_name() in ("asyncpg", "aiomysql", "aiosqlite")
+    migrations.upgrade(async_url)
+    assert migrations.current(empty_db) == head_revision()
+    migrations.downgrade(async_url, "base")
+    assert table_names(empty_db) == set()
+
+
+def alembic_cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LANGCHAIN_SQLCACHE_URL"}
+    if url is not None:
+        env["LANGCHAIN_SQLCACHE_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_alembic_from_the_repository_root(empty_db: str) -> None:
+    up = alembic_cli("-x", f"url={empty_db}", "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    assert table_names(empty_db) == OWN_TABLES
+    now = alembic_cli("current", url=empty_db)
+    assert now.returncode == 0, now.stderr
+    assert f"{head_revision()} (head)" in now.stdout
+    check = alembic_cli("check", url=empty_db)
+    assert check.returncode == 0, check.stderr + check.stdout
+    offline = alembic_cli("upgrade", "head", "--sql", url=empty_db)
+    assert offline.returncode == 0, offline.stderr
+    assert "CREATE TABLE llm_cache_entry" in offline.stdout
+    down = alembic_cli("downgrade", "base", url=empty_db)
+    assert down.returncode == 0, down.stderr
+    assert table_names(empty_db) == set()
+
+
+MIGRATION_SCHEMA = "sqlcache_migration_schema"
+
+
+@pytest.fixture
+def named_schema(backend: Backend) -> Iterator[str]:
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    drop = (
+        f"DROP SCHEMA IF EXISTS {MIGRATION_SCHEMA} CASCADE"
+        if backend.name == "postgresql"
+        else f"DROP DATABASE IF EXISTS {MIGRATION_SCHEMA}"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+        if backend.name == "mysql":
+            connection.execute(text(f"CREATE DATABASE {MIGRATION_SCHEMA} CHARACTER SET utf8mb4"))
+    yield MIGRATION_SCHEMA
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+    admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+async def test_schema_option_holds_tables_and_version_table(
+    backend: Backend, named_schema: str
+) -> None:
+    before = table_names(backend.url)
+    result = alembic_cli(
+        "-x", f"url={backend.url}", "-x", f"schema={named_schema}", "upgrade", "head"
+    )
+    assert result.returncode == 0, result.stderr
+    assert table_names(backend.url, schema=named_schema) == OWN_TABLES
+    assert table_names(backend.url) == before
+    assert migrations.current(backend.url, schema=named_schema) == head_revision()
+    cache = SQLCache(backend.url, schema=named_schema, namespace="schema", create_tables=False)
+    try:
+        cache.update("p", "llm", [Generation(text="in the schema")])
+        assert await cache.alookup("p", "llm") == [Generation(text="in the schema")]
+    finally:
+        await cache.aclose()
+    migrations.downgrade(backend.url, "base", schema=named_schema)
+    assert table_names(backend.url, schema=named_schema) == set()
+
+
+async def test_cache_migrates_an_empty_database_to_head(empty_db: str) -> None:
+    cache = SQLCache(empty_db, namespace="fresh")
+    try:
+        assert await cache.alookup("p", "llm") is None
+        cache.update("p", "llm", [Generation(text="x")])
+    finally:
+        await cache.aclose()
+    assert migrations.current(empty_db) == head_revision()
+    # The database ends stamped at head: a later upgrade has nothing to do.
+    assert upgrade_in_a_process(empty_db) == []
+    assert_models_match_database(empty_db)
+
+
+def test_cache_refuses_a_schema_at_another_revision(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ordered = revisions()
+    if len(ordered) >= 2:
+        migrations.upgrade(empty_db, ordered[-2])
+    else:
+        # Only one revision ships so far: present the database as one revision behind by
+        # announcing a newer head, exactly what a package upgrade does.
+        migrations.upgrade(empty_db)
+        monkeypatch.setattr(migrations, "head_revision", lambda: "9999_next")
+    behind = SQLCache(empty_db, namespace="old")
+    with pytest.raises(SchemaError, match=r"expected .*; run: langchain-sqlcache db upgrade --url"):
+        behind.lookup("p", "llm")
+    with pytest.raises(SchemaError, match="langchain-sqlcache db upgrade"):
+        behind.update("p", "llm", [Generation(text="x")])
+    behind.close()
+    monkeypatch.undo()
+    migrations.upgrade(empty_db)
+    engine = sync_engine(empty_db)
+    with engine.begin() as connection:
+        connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'ffff_future'"))
+    with pytest.raises(SchemaError, match="newer than this package"):
+        SQLCache(empty_db, namespace="new").lookup("p", "llm")
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+    engine.dispose()
+    with pytest.raises(SchemaError, match="carry no version"):
+        SQLCache(empty_db, namespace="unversioned").lookup("p", "llm")
+
+
+def test_create_tables_false_on_an_empty_database(empty_db: str) -> None:
+    with pytest.raises(SchemaError, match=r"do not exist.*langchain-sqlcache db upgrade --url"):
+        SQLCache(empty_db, create_tables=False).lookup("p", "llm")
+    assert table_names(empty_db) == set()
+
+
+async def test_schema_check_is_one_query_per_engine_once(backend: Backend) -> None:
+    migrations.upgrade(backend.url)  # already at head: the cache only checks
+    cache = SQLCache(backend.url, namespace="check-once")
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    engines = (cache._engines.writer, cache._async_engines.writer.sync_engine)
+    log = StatementLog(*engines, cache._engines.reader, cache._async_engines.reader.sync_engine)
+    try:
+        for i in range(5):
+            cache.update(f"p{i}", "llm", [Generation(text="x")])
+            assert cache.lookup(f"p{i}", "llm") is not None
+            assert await cache.alookup(f"p{i}", "llm") is not None
+        await cache.aclear()
+    finally:
+        await cache.aclose()
+    checks = [s for s, _ in log.statements if VERSION_TABLE in s]
+    assert len(checks) == 2, checks  # one per family, at first use
+
+
+def test_config_escapes_percent_in_urls() -> None:
+    url = "postgresql://user:p%25ss%40word@host/db"
+    assert make_config(url).get_main_option("sqlalchemy.url") == url
