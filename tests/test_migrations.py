@@ -160,9 +160,10 @@ def test_every_revision_is_reached_stepwise(empty_db: str) -> None:
     for revision in ordered:
         migrations.upgrade(empty_db, "+1")
         assert migrations.current(empty_db) == revision
-    for revision in [*reversed(ordered[:-1]), None]:
+    below: list[str | None] = [*reversed(ordered[:-1]), None]
+    for expected in below:
         migrations.downgrade(empty_db, "-1")
-        assert migrations.current(empty_db) == revision
+        assert migrations.current(empty_db) == expected
     assert table_names(empty_db) == set()
 
 
