@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache
@@ -129,6 +129,36 @@ async def async_cache(backend: Backend) -> AsyncIterator[SQLCache]:
     yield sql_cache
     await sql_cache.aclear()
     await sql_cache.aclose()
+
+
+SCRATCH_DATABASE = "sqlcache_migrations_test"
+
+
+def sync_engine(url: str) -> Engine:
+    """A sync engine for any of our URL forms (mysql:// gets PyMySQL, and so on)."""
+    return create_engine(driver_urls(make_url(url))[0])
+
+
+@pytest.fixture
+def empty_db(backend: Backend, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database that holds nothing yet (a scratch database on servers)."""
+    if backend.name == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    drop = f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE}"
+    create = f"CREATE DATABASE {SCRATCH_DATABASE}"
+    if backend.name == "postgresql":
+        drop += " WITH (FORCE)"
+    else:
+        create += " CHARACTER SET utf8mb4"
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+        connection.execute(text(create))
+    yield make_url(backend.url).set(database=SCRATCH_DATABASE).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+    admin.dispose()
 
 
 @pytest.fixture

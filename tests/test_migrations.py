@@ -20,12 +20,10 @@ from alembic.script import ScriptDirectory
 from langchain_core.outputs import Generation
 from sqlalchemy import (
     Column,
-    Engine,
     Integer,
     MetaData,
     String,
     Table,
-    create_engine,
     insert,
     inspect,
     select,
@@ -43,43 +41,16 @@ from langchain_sqlcache.migrations import (
     include_object,
     make_config,
 )
-from tests.conftest import Backend
+from tests.conftest import Backend, sync_engine
 from tests.test_engines import StatementLog
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH_DATABASE = "sqlcache_migrations_test"
 
 
 def revisions() -> list[str]:
     """Every revision, oldest first."""
     script = ScriptDirectory.from_config(make_config())
     return [s.revision for s in reversed(list(script.walk_revisions()))]
-
-
-def sync_engine(url: str) -> Engine:
-    return create_engine(driver_urls(make_url(url))[0])
-
-
-@pytest.fixture
-def empty_db(backend: Backend, tmp_path: Path) -> Iterator[str]:
-    """The URL of a database that holds nothing yet (a scratch database on servers)."""
-    if backend.name == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
-    drop = f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE}"
-    create = f"CREATE DATABASE {SCRATCH_DATABASE}"
-    if backend.name == "postgresql":
-        drop += " WITH (FORCE)"
-    else:
-        create += " CHARACTER SET utf8mb4"
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-        connection.execute(text(create))
-    yield make_url(backend.url).set(database=SCRATCH_DATABASE).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-    admin.dispose()
 
 
 def table_names(url: str, schema: str | None = None) -> set[str]:
