@@ -85,5 +85,5 @@ async def test_runtime_role_needs_no_ddl_right(runtime_url: str, empty_db: str) 
         await cache.aclose()
     # The one thing it cannot do: create the tables in an empty database.
     migrations.downgrade(empty_db, "base")
-    with pytest.raises(DBAPIError, match="(?i)denied"):
+    with pytest.raises(DBAPIError, match=r"(?i)denied"):
         SQLCache(runtime_url, namespace="runtime").lookup("p", "llm")
