@@ -74,8 +74,10 @@ def db() -> None:
 def upgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
     """Upgrade the cache's tables to REVISION (default: head)."""
     output = migrations.upgrade(resolve_url(url), revision, schema=schema, sql=sql)
-    if output:
+    if output is not None:
         click.echo(output, nl=False)
+    else:
+        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
 
 
 @db.command()
@@ -87,8 +89,10 @@ def upgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
 def downgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
     """Downgrade the cache's tables to REVISION ('base' removes every table of ours)."""
     output = migrations.downgrade(resolve_url(url), revision, schema=schema, sql=sql)
-    if output:
+    if output is not None:
         click.echo(output, nl=False)
+    else:
+        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
 
 
 @db.command()
