@@ -17,21 +17,26 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from langchain_core.outputs import Generation
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import (
+    JSON,
     Column,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     insert,
     inspect,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SchemaError, SQLCache, migrations
+from langchain_sqlcache.codec import encode_generations, entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import (
     OWN_TABLES,
@@ -278,6 +283,9 @@ def test_alembic_from_the_repository_root(empty_db: str) -> None:
     down = alembic_cli("downgrade", "base", url=empty_db)
     assert down.returncode == 0, down.stderr
     assert table_names(empty_db) == set()
+    from_env = alembic_cli("upgrade", "head", url=empty_db)
+    assert from_env.returncode == 0, from_env.stderr
+    assert table_names(empty_db) == OWN_TABLES
 
 
 MIGRATION_SCHEMA = "sqlcache_migration_schema"
@@ -395,3 +403,80 @@ async def test_schema_check_is_one_query_per_engine_once(backend: Backend) -> No
 def test_config_escapes_percent_in_urls() -> None:
     url = "postgresql://user:p%25ss%40word@host/db"
     assert make_config(url).get_main_option("sqlalchemy.url") == url
+
+
+# -- data written at every revision survives the upgrades after it --------------------------
+# Each revision gets a writer that stores a cache value the way that revision's schema holds
+# it (a frozen copy of its tables, never the current models). A new revision adds its writer.
+
+REV_0001 = MetaData()
+ENTRY_0001 = Table(
+    "llm_cache_entry",
+    REV_0001,
+    Column("id", Integer, primary_key=True),
+    Column("key_hash", String(64)),
+    Column("namespace", String(255)),
+    Column("prompt", Text),
+    Column("llm_string", Text),
+)
+GENERATION_0001 = Table(
+    "llm_cache_generation",
+    REV_0001,
+    Column("entry_id", Integer, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("generation_type", String(32)),
+    Column("text", Text),
+    Column("generation_info", JSON().with_variant(postgresql.JSONB(), "postgresql")),
+    Column("message", JSON().with_variant(postgresql.JSONB(), "postgresql")),
+)
+SURVIVOR = [
+    Generation(text="written long ago", generation_info={"finish_reason": "stop"}),
+    ChatGeneration(
+        message=AIMessage(
+            content="a chat answer",
+            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+        )
+    ),
+]
+
+
+def write_at_0001(url: str, namespace: str, prompt: str, llm_string: str) -> None:
+    rows = encode_generations(SURVIVOR)
+    engine = sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            inserted = connection.execute(
+                insert(ENTRY_0001).values(
+                    key_hash=entry_key(namespace, prompt, llm_string),
+                    namespace=namespace,
+                    prompt=prompt,
+                    llm_string=llm_string,
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            entry_id = inserted[0]
+            connection.execute(
+                insert(GENERATION_0001), [{**row, "entry_id": entry_id} for row in rows]
+            )
+    finally:
+        engine.dispose()
+
+
+WRITERS = {"0001": write_at_0001}
+
+
+def test_every_revision_has_a_data_writer() -> None:
+    assert set(WRITERS) == set(revisions())
+
+
+@pytest.mark.parametrize("revision", list(WRITERS))
+async def test_entries_written_at_a_revision_survive_upgrade(empty_db: str, revision: str) -> None:
+    migrations.upgrade(empty_db, revision)
+    WRITERS[revision](empty_db, "old", "an old prompt", "an old llm")
+    migrations.upgrade(empty_db)
+    cache = SQLCache(empty_db, namespace="old", create_tables=False)
+    try:
+        assert cache.lookup("an old prompt", "an old llm") == SURVIVOR
+        assert await cache.alookup("an old prompt", "an old llm") == SURVIVOR
+    finally:
+        await cache.aclose()
