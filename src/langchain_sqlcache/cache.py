@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from sqlalchemy import Connection, Engine, create_engine
@@ -23,7 +23,6 @@ from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
 from langchain_sqlcache.statements import clear_namespace, lookup_rows, write_value
 
 P = ParamSpec("P")
-T = TypeVar("T")
 
 # A write that loses a deadlock or a serialization check is retried whole, a few times.
 WRITE_ATTEMPTS = 5

@@ -11,6 +11,7 @@ host application's own Alembic history in the same database is never touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 from collections.abc import Iterator
@@ -69,8 +70,9 @@ def make_config(
     return config
 
 
+@functools.cache
 def head_revision() -> str:
-    """The newest revision the installed package knows."""
+    """The newest revision the installed package knows (read from the scripts once)."""
     head = ScriptDirectory.from_config(make_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships a revision
         msg = "no migration scripts found"
