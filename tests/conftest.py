@@ -124,7 +124,7 @@ def cache(backend: Backend) -> Iterator[SQLCache]:
 
 @pytest.fixture
 async def async_cache(backend: Backend) -> AsyncIterator[SQLCache]:
-    """An empty SQLCache on the backend under test, used through its async methods."""
+    """An empty SQLCache on the backend under test, for the async methods or both families."""
     sql_cache = SQLCache(backend.url, namespace=unique_namespace())
     yield sql_cache
     await sql_cache.aclear()
@@ -172,12 +172,3 @@ def family(request: pytest.FixtureRequest) -> str:
     """Which family of methods a test drives: sync (update/lookup) or async (a-methods)."""
     name: str = request.param
     return name
-
-
-@pytest.fixture
-async def both_cache(backend: Backend) -> AsyncIterator[SQLCache]:
-    """An empty SQLCache for tests that use both families; closes both engines."""
-    sql_cache = SQLCache(backend.url, namespace=unique_namespace())
-    yield sql_cache
-    await sql_cache.aclear()
-    await sql_cache.aclose()

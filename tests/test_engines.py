@@ -196,16 +196,16 @@ def in_autocommit(dbapi_connection: Any) -> bool:
     return dbapi_connection.isolation_level is None  # sqlite3, aiosqlite
 
 
-async def test_lookup_is_one_select_in_autocommit(both_cache: SQLCache, family: str) -> None:
-    assert both_cache._engines is not None
-    assert both_cache._async_engines is not None
-    await get(both_cache, family, "warm up", LLM)  # table creation happens once, here
-    log = StatementLog(both_cache._engines.reader, both_cache._async_engines.reader.sync_engine)
+async def test_lookup_is_one_select_in_autocommit(async_cache: SQLCache, family: str) -> None:
+    assert async_cache._engines is not None
+    assert async_cache._async_engines is not None
+    await get(async_cache, family, "warm up", LLM)  # table creation happens once, here
+    log = StatementLog(async_cache._engines.reader, async_cache._async_engines.reader.sync_engine)
     for prompt in ("miss", "hit"):
         if prompt == "hit":
-            await put(both_cache, family, prompt, LLM, VALUE)
+            await put(async_cache, family, prompt, LLM, VALUE)
         log.clear()
-        await get(both_cache, family, prompt, LLM)
+        await get(async_cache, family, prompt, LLM)
         assert len(log.statements) == 1, log.statements
         statement, autocommit = log.statements[0]
         assert statement.lstrip().upper().startswith("SELECT")
@@ -213,14 +213,14 @@ async def test_lookup_is_one_select_in_autocommit(both_cache: SQLCache, family: 
         assert autocommit
 
 
-async def test_update_is_an_upsert_and_two_statements(both_cache: SQLCache, family: str) -> None:
-    assert both_cache._engines is not None
-    assert both_cache._async_engines is not None
-    await get(both_cache, family, "warm up", LLM)
-    log = StatementLog(both_cache._engines.writer, both_cache._async_engines.writer.sync_engine)
+async def test_update_is_an_upsert_and_two_statements(async_cache: SQLCache, family: str) -> None:
+    assert async_cache._engines is not None
+    assert async_cache._async_engines is not None
+    await get(async_cache, family, "warm up", LLM)
+    log = StatementLog(async_cache._engines.writer, async_cache._async_engines.writer.sync_engine)
     for size in (1, 4, 2):
         log.clear()
-        await put(both_cache, family, "p", LLM, [Generation(text=str(i)) for i in range(size)])
+        await put(async_cache, family, "p", LLM, [Generation(text=str(i)) for i in range(size)])
         # Upsert the entry, delete its old generations, insert the new ones (one
         # executemany): no SELECT before the write, whatever the number of generations.
         verbs = [s.split(None, 1)[0].upper() for s, _ in log.statements]

@@ -59,33 +59,33 @@ def plant(backend: Backend, key_hash: str, values: dict[str, Any]) -> None:
 @pytest.mark.parametrize("payload", list(PLANTED), ids=str)
 async def test_planted_row_is_a_miss_with_a_warning(
     backend: Backend,
-    both_cache: SQLCache,
+    async_cache: SQLCache,
     family: str,
     payload: str,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET_VALUE)
-    await put(both_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
-    plant(backend, entry_key(both_cache.namespace, "p", LLM), PLANTED[payload])
+    await put(async_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
+    plant(backend, entry_key(async_cache.namespace, "p", LLM), PLANTED[payload])
     with caplog.at_level(logging.WARNING, logger="langchain_sqlcache"):
-        assert await get(both_cache, family, "p", LLM) is None
+        assert await get(async_cache, family, "p", LLM) is None
     assert "cannot be rebuilt" in caplog.text
     assert SECRET_VALUE not in caplog.text
 
 
 async def test_secret_marker_inside_content_stays_plain_data(
-    backend: Backend, both_cache: SQLCache, family: str, monkeypatch: pytest.MonkeyPatch
+    backend: Backend, async_cache: SQLCache, family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET_VALUE)
-    await put(both_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
+    await put(async_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
     marker = {"lc": 1, "type": "secret", "id": [SECRET_ENV]}
     plant(
         backend,
-        entry_key(both_cache.namespace, "p", LLM),
+        entry_key(async_cache.namespace, "p", LLM),
         {"message": {"type": "ai", "content": [marker]}},
     )
-    result = await get(both_cache, family, "p", LLM)
+    result = await get(async_cache, family, "p", LLM)
     # A well-formed message whose content holds a marker is returned as the data it is:
     # nothing is looked up in the environment or instantiated.
     assert result is not None
@@ -95,10 +95,10 @@ async def test_secret_marker_inside_content_stays_plain_data(
 
 
 async def test_malformed_json_is_refused_by_the_database_or_missed(
-    backend: Backend, both_cache: SQLCache, family: str, caplog: pytest.LogCaptureFixture
+    backend: Backend, async_cache: SQLCache, family: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await put(both_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
-    key_hash = entry_key(both_cache.namespace, "p", LLM)
+    await put(async_cache, family, "p", LLM, [ChatGeneration(message=AIMessage(content="real"))])
+    key_hash = entry_key(async_cache.namespace, "p", LLM)
     engine = create_engine(backend.sync_url)
     cast = "CAST(:doc AS jsonb)" if backend.name == "postgresql" else ":doc"
     try:
@@ -113,11 +113,11 @@ async def test_malformed_json_is_refused_by_the_database_or_missed(
     except DBAPIError:
         # Postgres jsonb and MariaDB's JSON_VALID check refuse the document outright.
         assert backend.name in ("postgresql", "mysql")
-        assert await get(both_cache, family, "p", LLM) is not None
+        assert await get(async_cache, family, "p", LLM) is not None
         return
     finally:
         engine.dispose()
     assert backend.name == "sqlite"
     with caplog.at_level(logging.WARNING, logger="langchain_sqlcache"):
-        assert await get(both_cache, family, "p", LLM) is None
+        assert await get(async_cache, family, "p", LLM) is None
     assert "cannot be rebuilt" in caplog.text

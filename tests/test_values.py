@@ -91,10 +91,10 @@ def every_generation_type() -> list[Generation]:
     ]
 
 
-async def test_every_generation_type_round_trips(both_cache: SQLCache, family: str) -> None:
+async def test_every_generation_type_round_trips(async_cache: SQLCache, family: str) -> None:
     value = every_generation_type()
-    await put(both_cache, family, "prompt", LLM, value)
-    result = await get(both_cache, family, "prompt", LLM)
+    await put(async_cache, family, "prompt", LLM, value)
+    result = await get(async_cache, family, "prompt", LLM)
     assert result == value
     assert [type(g) for g in result] == [type(g) for g in value]
     assert [type(g.message) for g in result if isinstance(g, ChatGeneration)] == [
@@ -104,7 +104,7 @@ async def test_every_generation_type_round_trips(both_cache: SQLCache, family: s
 
 @pytest.mark.parametrize("hostile", HOSTILE_STRINGS, ids=repr)
 async def test_hostile_strings_round_trip_everywhere(
-    both_cache: SQLCache, family: str, hostile: str
+    async_cache: SQLCache, family: str, hostile: str
 ) -> None:
     prompt = f"prompt {hostile}"
     llm_string = f"{LLM} {hostile}"
@@ -120,9 +120,9 @@ async def test_hostile_strings_round_trip_everywhere(
             generation_info={"k": hostile},
         ),
     ]
-    await put(both_cache, family, prompt, llm_string, value)
-    assert await get(both_cache, family, prompt, llm_string) == value
-    assert await get(both_cache, family, prompt, LLM) is None
+    await put(async_cache, family, prompt, llm_string, value)
+    assert await get(async_cache, family, prompt, llm_string) == value
+    assert await get(async_cache, family, prompt, LLM) is None
 
 
 def stored_entries(backend: Backend, cache: SQLCache) -> list[Any]:
@@ -150,11 +150,11 @@ def stored_generation_count(backend: Backend, cache: SQLCache) -> int:
 
 
 async def test_prompt_and_llm_string_are_stored_readably(
-    backend: Backend, both_cache: SQLCache, family: str
+    backend: Backend, async_cache: SQLCache, family: str
 ) -> None:
-    await put(both_cache, family, "What is 2+2? 😀", LLM, [Generation(text="4")])
-    await put(both_cache, family, "nul\x00prompt", LLM, [Generation(text="x")])
-    rows = {row.prompt: row for row in stored_entries(backend, both_cache)}
+    await put(async_cache, family, "What is 2+2? 😀", LLM, [Generation(text="4")])
+    await put(async_cache, family, "nul\x00prompt", LLM, [Generation(text="x")])
+    rows = {row.prompt: row for row in stored_entries(backend, async_cache)}
     assert rows["What is 2+2? 😀"].llm_string == LLM
     assert len(rows["What is 2+2? 😀"].key_hash) == 64
     # A NUL cannot be stored as is on Postgres: it is escaped, reversibly.
@@ -163,12 +163,12 @@ async def test_prompt_and_llm_string_are_stored_readably(
     assert unescape_text(escaped) == "nul\x00prompt"
 
 
-async def test_one_megabyte_prompt(both_cache: SQLCache, family: str) -> None:
+async def test_one_megabyte_prompt(async_cache: SQLCache, family: str) -> None:
     prompt = ("A long prompt with 4-byte characters 😀. " * 30_000)[:1_000_000]
     value = [Generation(text="short answer")]
-    await put(both_cache, family, prompt, LLM, value)
-    assert await get(both_cache, family, prompt, LLM) == value
-    assert await get(both_cache, family, prompt[:-1], LLM) is None
+    await put(async_cache, family, prompt, LLM, value)
+    assert await get(async_cache, family, prompt, LLM) == value
+    assert await get(async_cache, family, prompt[:-1], LLM) is None
 
 
 def max_allowed_packet(backend: Backend) -> int | None:
@@ -183,7 +183,7 @@ def max_allowed_packet(backend: Backend) -> int | None:
 
 
 @pytest.mark.slow
-async def test_sixteen_megabyte_text(backend: Backend, both_cache: SQLCache, family: str) -> None:
+async def test_sixteen_megabyte_text(backend: Backend, async_cache: SQLCache, family: str) -> None:
     packet = max_allowed_packet(backend)
     # MariaDB's default packet (16 MiB) cannot carry a 16 MiB value; MySQL 8's (64 MiB) can.
     assert packet is None or packet >= 32 << 20, (
@@ -192,33 +192,33 @@ async def test_sixteen_megabyte_text(backend: Backend, both_cache: SQLCache, fam
     )
     text = "0123456789abcdef" * (1 << 20)  # 16 MiB
     value: list[Generation] = [ChatGeneration(message=AIMessage(content=text))]
-    await put(both_cache, family, "big", LLM, value)
-    result = await get(both_cache, family, "big", LLM)
+    await put(async_cache, family, "big", LLM, value)
+    result = await get(async_cache, family, "big", LLM)
     assert result is not None
     assert len(result[0].text) == 16 * 1024 * 1024
     assert result == value
 
 
 async def test_update_replaces_the_whole_value(
-    backend: Backend, both_cache: SQLCache, family: str
+    backend: Backend, async_cache: SQLCache, family: str
 ) -> None:
-    await put(both_cache, family, "p", LLM, [Generation(text="one"), Generation(text="two")])
-    await put(both_cache, family, "p", LLM, [Generation(text="only")])
-    assert await get(both_cache, family, "p", LLM) == [Generation(text="only")]
-    assert stored_generation_count(backend, both_cache) == 1
-    assert len(stored_entries(backend, both_cache)) == 1
+    await put(async_cache, family, "p", LLM, [Generation(text="one"), Generation(text="two")])
+    await put(async_cache, family, "p", LLM, [Generation(text="only")])
+    assert await get(async_cache, family, "p", LLM) == [Generation(text="only")]
+    assert stored_generation_count(backend, async_cache) == 1
+    assert len(stored_entries(backend, async_cache)) == 1
 
 
 async def test_empty_value_deletes_the_entry(
-    backend: Backend, both_cache: SQLCache, family: str
+    backend: Backend, async_cache: SQLCache, family: str
 ) -> None:
-    await put(both_cache, family, "p", LLM, [Generation(text="cached")])
-    await put(both_cache, family, "p", LLM, [])
-    assert await get(both_cache, family, "p", LLM) is None
-    assert stored_entries(backend, both_cache) == []
-    assert stored_generation_count(backend, both_cache) == 0
-    await put(both_cache, family, "never stored", LLM, [])
-    assert await get(both_cache, family, "never stored", LLM) is None
+    await put(async_cache, family, "p", LLM, [Generation(text="cached")])
+    await put(async_cache, family, "p", LLM, [])
+    assert await get(async_cache, family, "p", LLM) is None
+    assert stored_entries(backend, async_cache) == []
+    assert stored_generation_count(backend, async_cache) == 0
+    await put(async_cache, family, "never stored", LLM, [])
+    assert await get(async_cache, family, "never stored", LLM) is None
 
 
 async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
@@ -259,12 +259,12 @@ async def test_similar_namespaces_are_distinct(backend: Backend, family: str) ->
 
 
 async def test_key_parts_are_unambiguous(
-    backend: Backend, both_cache: SQLCache, family: str
+    backend: Backend, async_cache: SQLCache, family: str
 ) -> None:
-    await put(both_cache, family, "ab", "c", [Generation(text="ab|c")])
-    assert await get(both_cache, family, "a", "bc") is None
-    assert await get(both_cache, family, "abc", "") is None
-    other = SQLCache(backend.url, namespace=both_cache.namespace + "a")
+    await put(async_cache, family, "ab", "c", [Generation(text="ab|c")])
+    assert await get(async_cache, family, "a", "bc") is None
+    assert await get(async_cache, family, "abc", "") is None
+    other = SQLCache(backend.url, namespace=async_cache.namespace + "a")
     try:
         # namespace "xa" + prompt "b" must not meet namespace "x" + prompt "ab".
         assert await get(other, family, "b", "c") is None
@@ -288,19 +288,19 @@ class CustomGeneration(Generation):
     ids=["str-item", "dict-item", "bare-str", "subclass", "nan"],
 )
 async def test_non_generation_values_raise_and_write_nothing(
-    both_cache: SQLCache, family: str, bad_value: Any, named: str
+    async_cache: SQLCache, family: str, bad_value: Any, named: str
 ) -> None:
-    await put(both_cache, family, "p", LLM, [Generation(text="kept")])
+    await put(async_cache, family, "p", LLM, [Generation(text="kept")])
     with pytest.raises(TypeError, match=named):
-        await put(both_cache, family, "p", LLM, bad_value)
+        await put(async_cache, family, "p", LLM, bad_value)
     with pytest.raises(TypeError, match=named):
-        await put(both_cache, family, "new", LLM, bad_value)
-    assert await get(both_cache, family, "p", LLM) == [Generation(text="kept")]
-    assert await get(both_cache, family, "new", LLM) is None
+        await put(async_cache, family, "new", LLM, bad_value)
+    assert await get(async_cache, family, "p", LLM) == [Generation(text="kept")]
+    assert await get(async_cache, family, "new", LLM) is None
 
 
-async def test_clear_rejects_unknown_options(both_cache: SQLCache) -> None:
+async def test_clear_rejects_unknown_options(async_cache: SQLCache) -> None:
     with pytest.raises(TypeError, match="bogus"):
-        both_cache.clear(bogus=True)
+        async_cache.clear(bogus=True)
     with pytest.raises(TypeError, match="bogus"):
-        await both_cache.aclear(bogus=True)
+        await async_cache.aclear(bogus=True)

@@ -65,6 +65,17 @@ def db() -> None:
     """Manage the cache's schema (Alembic migrations shipped with the package)."""
 
 
+def _migrate(
+    operation: Callable[..., str | None], revision: str, url: str, schema: str | None, sql: bool
+) -> None:
+    """Run an upgrade or downgrade; print its SQL (--sql) or the revision it reached."""
+    output = operation(resolve_url(url), revision, schema=schema, sql=sql)
+    if output is not None:
+        click.echo(output, nl=False)
+    else:
+        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
+
+
 @db.command()
 @click.argument("revision", default="head")
 @url_option
@@ -73,11 +84,7 @@ def db() -> None:
 @_one_line_errors
 def upgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
     """Upgrade the cache's tables to REVISION (default: head)."""
-    output = migrations.upgrade(resolve_url(url), revision, schema=schema, sql=sql)
-    if output is not None:
-        click.echo(output, nl=False)
-    else:
-        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
+    _migrate(migrations.upgrade, revision, url, schema, sql)
 
 
 @db.command()
@@ -88,11 +95,7 @@ def upgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
 @_one_line_errors
 def downgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
     """Downgrade the cache's tables to REVISION ('base' removes every table of ours)."""
-    output = migrations.downgrade(resolve_url(url), revision, schema=schema, sql=sql)
-    if output is not None:
-        click.echo(output, nl=False)
-    else:
-        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
+    _migrate(migrations.downgrade, revision, url, schema, sql)
 
 
 @db.command()
