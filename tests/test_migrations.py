@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SchemaError, SQLCache, migrations
-from langchain_sqlcache.codec import encode_generations, entry_key
+from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import (
     OWN_TABLES,
@@ -440,8 +440,36 @@ SURVIVOR = [
 ]
 
 
+# SURVIVOR as revision 0001's codec stored it (frozen here, like the tables).
+ROWS_0001 = [
+    {
+        "idx": 0,
+        "generation_type": "Generation",
+        "text": "written long ago",
+        "generation_info": {"finish_reason": "stop"},
+        "message": None,
+    },
+    {
+        "idx": 1,
+        "generation_type": "ChatGeneration",
+        "text": "a chat answer",
+        "generation_info": None,
+        "message": {
+            "additional_kwargs": {},
+            "response_metadata": {},
+            "type": "ai",
+            "name": None,
+            "id": None,
+            "tool_calls": [],
+            "invalid_tool_calls": [],
+            "usage_metadata": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+        },
+    },
+]
+
+
 def write_at_0001(url: str, namespace: str, prompt: str, llm_string: str) -> None:
-    rows = encode_generations(SURVIVOR)
+    rows = ROWS_0001
     engine = sync_engine(url)
     try:
         with engine.begin() as connection:
@@ -462,7 +490,18 @@ def write_at_0001(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         engine.dispose()
 
 
-WRITERS = {"0001": write_at_0001}
+def write_at_0002(url: str, namespace: str, prompt: str, llm_string: str) -> None:
+    # 0002 is the head: the cache itself writes its shape. Freeze this writer (as 0001's is)
+    # when a later revision lands.
+    cache = SQLCache(url, namespace=namespace, create_tables=False)
+    try:
+        cache.update(prompt, llm_string, SURVIVOR)
+    finally:
+        cache.close()
+
+
+WRITERS = {"0001": write_at_0001, "0002": write_at_0002}
+OLD_LLM = "[('model', 'old-model'), ('temperature', 0.0)]"
 
 
 def test_every_revision_has_a_data_writer() -> None:
@@ -472,11 +511,30 @@ def test_every_revision_has_a_data_writer() -> None:
 @pytest.mark.parametrize("revision", list(WRITERS))
 async def test_entries_written_at_a_revision_survive_upgrade(empty_db: str, revision: str) -> None:
     migrations.upgrade(empty_db, revision)
-    WRITERS[revision](empty_db, "old", "an old prompt", "an old llm")
+    WRITERS[revision](empty_db, "old", "an old prompt", OLD_LLM)
     migrations.upgrade(empty_db)
     cache = SQLCache(empty_db, namespace="old", create_tables=False)
     try:
-        assert cache.lookup("an old prompt", "an old llm") == SURVIVOR
-        assert await cache.alookup("an old prompt", "an old llm") == SURVIVOR
+        assert cache.lookup("an old prompt", OLD_LLM) == SURVIVOR
+        assert await cache.alookup("an old prompt", OLD_LLM) == SURVIVOR
+        stats = cache.stats()
     finally:
         await cache.aclose()
+    # The analytics columns were filled in for entries that predate them.
+    assert (stats.entries, stats.generations) == (1, 2)
+    assert set(stats.models) == {"old-model"}
+    assert stats.bytes > len("an old prompt") + len(OLD_LLM)
+    engine = sync_engine(empty_db)
+    try:
+        with engine.connect() as connection:
+            outputs = connection.execute(
+                text("SELECT model, text, input_tokens, output_tokens, created_at, hit_count "
+                     "FROM llm_cache_outputs ORDER BY idx")
+            ).all()  # fmt: skip
+    finally:
+        engine.dispose()
+    assert [(o.model, o.text, o.input_tokens, o.output_tokens, o.hit_count) for o in outputs] == [
+        ("old-model", "written long ago", None, None, 0),
+        ("old-model", "a chat answer", 3, 4, 0),
+    ]
+    assert all(o.created_at is not None for o in outputs)

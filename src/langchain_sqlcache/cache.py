@@ -3,30 +3,78 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Concatenate, ParamSpec
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from langchain_sqlcache.codec import decode_generations, encode_generations, entry_key, escape_text
+from langchain_sqlcache.codec import (
+    decode_generations,
+    encode_generations,
+    entry_key,
+    escape_text,
+    model_of,
+    utf8_size,
+)
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, is_retryable
+from langchain_sqlcache.hits import HitBuffer
 from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
-from langchain_sqlcache.statements import clear_namespace, lookup_rows, write_value
+from langchain_sqlcache.statements import (
+    clear_batch,
+    delete_value,
+    lookup_rows,
+    prune_batch,
+    record_hits,
+    stats_rows,
+    write_value,
+)
+
+logger = logging.getLogger("langchain_sqlcache")
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 # A write that loses a deadlock or a serialization check is retried whole, a few times.
 WRITE_ATTEMPTS = 5
 RETRY_BASE_DELAY_SECONDS = 0.01
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_PRUNE_EVERY = 100
+CLEAR_FILTERS = ("llm_string", "older_than", "expired_only")
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Counts for the entries of one model (``llm_model``)."""
+
+    entries: int
+    generations: int
+    bytes: int
+    expired: int
+    hits: int
+
+
+@dataclass(frozen=True)
+class CacheStats(ModelStats):
+    """Counts for a namespace, with a breakdown by model (None: no model found)."""
+
+    models: dict[str | None, ModelStats] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for JSON."""
+        return asdict(self)
 
 
 class SQLCache(BaseCache):
@@ -50,6 +98,16 @@ class SQLCache(BaseCache):
             ends stamped at head). With False no DDL is ever issued. Either way a schema at
             another revision raises ``SchemaError`` naming the command that fixes it; the
             check is one query per engine, once.
+        ttl: Lifetime of an entry (a timedelta or seconds); an expired entry is a miss at
+            once, and pruning deletes it.
+        max_entries: Cap on this namespace's entries; the oldest go first when over.
+        max_bytes: Cap on this namespace's size (UTF-8 bytes of prompts, llm strings and
+            values); the oldest go first when over.
+        record_hits: Count hits per entry (``hit_count``, ``last_hit_at``), written in
+            batches off the lookup's path.
+        prune_every: Run one pruning batch every this many updates (None: never
+            automatically; call ``prune()``).
+        batch_size: Entries deleted per transaction by pruning and clearing.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -64,6 +122,12 @@ class SQLCache(BaseCache):
         namespace: str = "",
         schema: str | None = None,
         create_tables: bool = True,
+        ttl: timedelta | float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
+        record_hits: bool = False,
+        prune_every: int | None = DEFAULT_PRUNE_EVERY,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         **engine_kwargs: Any,
     ) -> None:
         if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
@@ -81,6 +145,13 @@ class SQLCache(BaseCache):
         self.namespace = namespace
         self.schema = schema
         self.create_tables = create_tables
+        self.ttl = _positive_duration(ttl)
+        self.max_entries = _positive("max_entries", max_entries)
+        self.max_bytes = _positive("max_bytes", max_bytes)
+        self.prune_every = _positive("prune_every", prune_every)
+        self.batch_size = _positive("batch_size", batch_size) or DEFAULT_BATCH_SIZE
+        self._hits = HitBuffer() if record_hits else None
+        self._writes = itertools.count(1)
         self._engines: EnginePair[Engine] | None = None
         self._async_engines: EnginePair[AsyncEngine] | None = None
         parsed = resolve_url(url) if url is not None else None
@@ -102,17 +173,23 @@ class SQLCache(BaseCache):
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
-        key_hash = self._key_hash(prompt, llm_string)
+        key_hash, now = self._key_hash(prompt, llm_string), _now()
         with self._ready_engines().reader.connect() as connection:
-            rows = lookup_rows(connection, key_hash)
-        return decode_generations(rows, key_hash=key_hash)
+            rows = lookup_rows(connection, key_hash, now)
+        value = decode_generations(rows, key_hash=key_hash)
+        if value is not None and self._hits is not None:
+            self._flush_hits(self._hits.add(key_hash, now))
+        return value
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
-        key_hash = self._key_hash(prompt, llm_string)
+        key_hash, now = self._key_hash(prompt, llm_string), _now()
         async with (await self._ready_async_engines()).reader.connect() as connection:
-            rows = await connection.run_sync(lookup_rows, key_hash)
-        return decode_generations(rows, key_hash=key_hash)
+            rows = await connection.run_sync(lookup_rows, key_hash, now)
+        value = decode_generations(rows, key_hash=key_hash)
+        if value is not None and self._hits is not None:
+            await self._aflush_hits(self._hits.add(key_hash, now))
+        return value
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Store ``return_val``, replacing the key's whole previous value atomically.
@@ -127,29 +204,96 @@ class SQLCache(BaseCache):
         """
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         self._write(write_value, entry_row, generation_rows)
+        if self._prune_due():
+            self._write(prune_batch, *self._prune_arguments())
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         await self._awrite(write_value, entry_row, generation_rows)
+        if self._prune_due():
+            await self._awrite(prune_batch, *self._prune_arguments())
 
     def clear(self, **kwargs: Any) -> None:
-        """Delete every entry of this cache's namespace; other namespaces are kept."""
-        _no_options(kwargs)
-        self._write(clear_namespace, self._escaped_namespace)
+        """Delete this namespace's entries, in batches; other namespaces are kept.
+
+        Args:
+            **kwargs: Filters, all optional: ``llm_string`` (only that llm_string's
+                entries), ``older_than`` (entries last written before this aware datetime,
+                or longer ago than this timedelta), ``expired_only=True`` (entries whose ttl
+                has passed).
+
+        Raises:
+            TypeError: An unknown keyword argument.
+
+        """
+        filters = self._clear_filters(kwargs)
+        while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
+            pass
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async :meth:`clear`, on the async engine."""
-        _no_options(kwargs)
-        await self._awrite(clear_namespace, self._escaped_namespace)
+        filters = self._clear_filters(kwargs)
+        while await self._awrite(clear_batch, self._escaped_namespace, filters, self.batch_size):
+            pass
+
+    # -- lifecycle and stats ---------------------------------------------------------------
+
+    def delete(self, prompt: str, llm_string: str) -> bool:
+        """Delete one entry; return whether it existed."""
+        return self._write(delete_value, self._key_hash(prompt, llm_string)) > 0
+
+    async def adelete(self, prompt: str, llm_string: str) -> bool:
+        """Async :meth:`delete`, on the async engine."""
+        return await self._awrite(delete_value, self._key_hash(prompt, llm_string)) > 0
+
+    def prune(self) -> int:
+        """Delete expired entries, then the oldest over the caps, in bounded batches.
+
+        Returns:
+            How many entries were deleted.
+
+        """
+        removed = 0
+        while deleted := self._write(prune_batch, *self._prune_arguments()):
+            removed += deleted
+        return removed
+
+    async def aprune(self) -> int:
+        """Async :meth:`prune`, on the async engine."""
+        removed = 0
+        while deleted := await self._awrite(prune_batch, *self._prune_arguments()):
+            removed += deleted
+        return removed
+
+    def stats(self) -> CacheStats:
+        """Entries, generations, bytes, expired entries and hits of this namespace, by model.
+
+        One aggregate query over the namespace's entries (pending hits are written first).
+        """
+        self._flush_hits(self._hits.take() if self._hits else [])
+        with self._ready_engines().reader.connect() as connection:
+            rows = stats_rows(connection, self._escaped_namespace, _now())
+        return _stats_of(rows)
+
+    async def astats(self) -> CacheStats:
+        """Async :meth:`stats`, on the async engine."""
+        await self._aflush_hits(self._hits.take() if self._hits else [])
+        async with (await self._ready_async_engines()).reader.connect() as connection:
+            rows = await connection.run_sync(stats_rows, self._escaped_namespace, _now())
+        return _stats_of(rows)
 
     def close(self) -> None:
-        """Dispose of the sync engines this cache built (an engine passed in stays open)."""
+        """Write pending hits; dispose of the sync engines this cache built."""
+        if self._engines is not None and self._hits is not None:
+            self._flush_hits(self._hits.take())
         for engine in self._engines.owned if self._engines else ():
             engine.dispose()
 
     async def aclose(self) -> None:
-        """Dispose of every engine this cache built (engines passed in stay open)."""
+        """Write pending hits; dispose of every engine this cache built."""
+        if self._async_engines is not None and self._hits is not None:
+            await self._aflush_hits(self._hits.take())
         for engine in self._async_engines.owned if self._async_engines else ():
             await engine.dispose()
         self.close()
@@ -162,14 +306,69 @@ class SQLCache(BaseCache):
     def _encode(
         self, prompt: str, llm_string: str, return_val: Sequence[Any]
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        generation_rows = encode_generations(return_val)
+        generation_rows, value_size = encode_generations(return_val)
+        now = _now()
         entry_row = {
             "key_hash": self._key_hash(prompt, llm_string),
             "namespace": self._escaped_namespace,
             "prompt": escape_text(prompt),
             "llm_string": escape_text(llm_string),
+            "llm_model": model_of(llm_string),
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": now + self.ttl if self.ttl else None,
+            "generation_count": len(generation_rows),
+            "size_bytes": utf8_size(prompt) + utf8_size(llm_string) + value_size,
         }
         return entry_row, generation_rows
+
+    def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(kwargs) - set(CLEAR_FILTERS))
+        if unknown:
+            msg = (
+                f"clear() got unexpected keyword arguments: {', '.join(unknown)} "
+                f"(it takes {', '.join(CLEAR_FILTERS)})"
+            )
+            raise TypeError(msg)
+        filters: dict[str, Any] = {}
+        if kwargs.get("llm_string") is not None:
+            filters["llm_string"] = escape_text(kwargs["llm_string"])
+        older_than = kwargs.get("older_than")
+        if isinstance(older_than, timedelta):
+            filters["cutoff"] = _now() - older_than
+        elif isinstance(older_than, datetime):
+            if older_than.tzinfo is None:
+                msg = "older_than must be an aware datetime (or a timedelta)"
+                raise TypeError(msg)
+            filters["cutoff"] = older_than
+        elif older_than is not None:
+            msg = f"older_than must be a datetime or a timedelta, not {type(older_than).__name__}"
+            raise TypeError(msg)
+        if kwargs.get("expired_only"):
+            filters["now"] = _now()
+        return filters
+
+    def _prune_due(self) -> bool:
+        return self.prune_every is not None and next(self._writes) % self.prune_every == 0
+
+    def _prune_arguments(self) -> tuple[str, datetime, int | None, int | None, int]:
+        return self._escaped_namespace, _now(), self.max_entries, self.max_bytes, self.batch_size
+
+    def _flush_hits(self, hits: list[dict[str, Any]]) -> None:
+        if not hits:
+            return
+        try:
+            self._write(record_hits, hits)
+        except DBAPIError as exc:  # a lost hit count must never fail a lookup
+            logger.warning("langchain-sqlcache: %d hit counts not written: %s", len(hits), exc)
+
+    async def _aflush_hits(self, hits: list[dict[str, Any]]) -> None:
+        if not hits:
+            return
+        try:
+            await self._awrite(record_hits, hits)
+        except DBAPIError as exc:  # a lost hit count must never fail a lookup
+            logger.warning("langchain-sqlcache: %d hit counts not written: %s", len(hits), exc)
 
     def _ready_engines(self) -> EnginePair[Engine]:
         if self._engines is None:
@@ -202,48 +401,84 @@ class SQLCache(BaseCache):
 
     def _write(
         self,
-        operation: Callable[Concatenate[Connection, P], None],
+        operation: Callable[Concatenate[Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> None:
+    ) -> T:
         engine = self._ready_engines().writer
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 with engine.begin() as connection:
-                    operation(connection, *args, **kwargs)
-                return
+                    return operation(connection, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt == WRITE_ATTEMPTS or not is_retryable(exc):
                     raise
             time.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _awrite(
         self,
-        operation: Callable[Concatenate[Connection, P], None],
+        operation: Callable[Concatenate[Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
-    ) -> None:
+    ) -> T:
         engine = (await self._ready_async_engines()).writer
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with engine.begin() as connection:
-                    await connection.run_sync(operation, *args, **kwargs)
-                return
+                    return await connection.run_sync(operation, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt == WRITE_ATTEMPTS or not is_retryable(exc):
                     raise
             await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stats_of(rows: Sequence[Row[Any]]) -> CacheStats:
+    models = {
+        row.llm_model: ModelStats(
+            entries=int(row.entries),
+            generations=int(row.generations),
+            bytes=int(row.bytes),
+            expired=int(row.expired),
+            hits=int(row.hits),
+        )
+        for row in rows
+    }
+    return CacheStats(
+        entries=sum(m.entries for m in models.values()),
+        generations=sum(m.generations for m in models.values()),
+        bytes=sum(m.bytes for m in models.values()),
+        expired=sum(m.expired for m in models.values()),
+        hits=sum(m.hits for m in models.values()),
+        models=models,
+    )
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or value <= 0):
+        msg = f"{name} must be a positive integer or None, not {value!r}"
+        raise ConfigurationError(msg)
+    return value
+
+
+def _positive_duration(ttl: timedelta | float | None) -> timedelta | None:
+    if ttl is None:
+        return None
+    duration = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
+    if duration <= timedelta(0):
+        msg = f"ttl must be positive, not {ttl!r}"
+        raise ConfigurationError(msg)
+    return duration
 
 
 def _backoff(attempt: int) -> float:
     """Jittered exponential backoff, so that retrying writers do not collide again."""
     return random.uniform(0, RETRY_BASE_DELAY_SECONDS * 2**attempt)  # noqa: S311
-
-
-def _no_options(kwargs: dict[str, Any]) -> None:
-    if kwargs:
-        msg = f"clear() got unexpected keyword arguments: {', '.join(sorted(kwargs))}"
-        raise TypeError(msg)
 
 
 def _missing_engine_message(family: str, argument: str, factory: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -144,8 +145,26 @@ def _json_key(key: object) -> str:
     raise TypeError(msg)
 
 
-def encode_generations(return_val: Sequence[Generation]) -> list[dict[str, Any]]:
-    """Turn a cache value into generation rows (without ``entry_id``).
+# Where LangChain's llm_string names the model: "model_name": "gpt-4o" in the serialized
+# model, ('model', 'llama3') in its sorted parameters, and the like.
+MODEL_PATTERN = re.compile(
+    r"""['"](?:model_name|model|model_id)['"]\s*[:,]\s*['"]([^'"]{1,255})['"]"""
+)
+
+
+def model_of(llm_string: str) -> str | None:
+    """The model name that ``llm_string`` carries, if it carries one."""
+    match = MODEL_PATTERN.search(llm_string)
+    return match.group(1) if match else None
+
+
+def utf8_size(value: str) -> int:
+    """Bytes of ``value`` in UTF-8 (ASCII, the common case, without encoding it)."""
+    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+
+
+def encode_generations(return_val: Sequence[Generation]) -> tuple[list[dict[str, Any]], int]:
+    """Turn a cache value into generation rows (without ``entry_id``) and their byte size.
 
     Raises:
         TypeError: ``return_val`` is not a sequence of the four generation classes, or holds
@@ -155,10 +174,11 @@ def encode_generations(return_val: Sequence[Generation]) -> list[dict[str, Any]]
     if isinstance(return_val, (str, bytes)) or not isinstance(return_val, Iterable):
         msg = f"return_val must be a sequence of Generation, got {type(return_val).__name__}"
         raise TypeError(msg)
-    return [_encode_generation(idx, generation) for idx, generation in enumerate(return_val)]
+    encoded = [_encode_generation(idx, generation) for idx, generation in enumerate(return_val)]
+    return [row for row, _ in encoded], sum(size for _, size in encoded)
 
 
-def _encode_generation(idx: int, generation: Generation) -> dict[str, Any]:
+def _encode_generation(idx: int, generation: Generation) -> tuple[dict[str, Any], int]:
     generation_type = type(generation).__name__
     if GENERATION_CLASSES.get(generation_type) is not type(generation):
         msg = (
@@ -166,19 +186,27 @@ def _encode_generation(idx: int, generation: Generation) -> dict[str, Any]:
             f", not one of {', '.join(GENERATION_CLASSES)}"
         )
         raise TypeError(msg)
+    generation_info, info_size = _encode_json(idx, generation.generation_info)
     message: dict[str, Any] | None = None
+    message_size = 0
+    input_tokens = output_tokens = None
     if isinstance(generation, ChatGeneration):
-        message = _encode_message(idx, generation.message, generation.text)
-    return {
+        message, message_size = _encode_message(idx, generation.message, generation.text)
+        usage = getattr(generation.message, "usage_metadata", None) or {}
+        input_tokens, output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+    row = {
         "idx": idx,
         "generation_type": generation_type,
         "text": escape_text(generation.text),
-        "generation_info": _encode_json(idx, generation.generation_info),
+        "generation_info": generation_info,
         "message": message,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
     }
+    return row, utf8_size(generation.text) + info_size + message_size
 
 
-def _encode_message(idx: int, message: BaseMessage, text: str) -> dict[str, Any]:
+def _encode_message(idx: int, message: BaseMessage, text: str) -> tuple[dict[str, Any], int]:
     if MESSAGE_CLASSES.get(message.type) is not type(message):
         msg = f"return_val[{idx}].message is a {type(message).__qualname__}, which is not cached"
         raise TypeError(msg)
@@ -187,26 +215,24 @@ def _encode_message(idx: int, message: BaseMessage, text: str) -> dict[str, Any]
     # keep it once, in the readable text column, rather than twice at up to 16 MB each.
     if isinstance(message.content, str) and message.content == text:
         del data["content"]
-    encoded: dict[str, Any] = escape_json(_checked_json(idx, data))
-    return encoded
+    encoded, size = _encode_json(idx, data)
+    assert encoded is not None  # noqa: S101 - data is a dict, never None
+    return encoded, size
 
 
-def _encode_json(idx: int, value: dict[str, Any] | None) -> dict[str, Any] | None:
+def _encode_json(idx: int, value: dict[str, Any] | None) -> tuple[dict[str, Any] | None, int]:
+    """Escape a JSON document's strings; return it with its size as JSON text."""
     if value is None:
-        return None
-    encoded: dict[str, Any] = escape_json(_checked_json(idx, value))
-    return encoded
-
-
-def _checked_json(idx: int, value: dict[str, Any]) -> dict[str, Any]:
+        return None, 0
     try:
-        # Round-trip through strict JSON now, so a value that the database would reject or
-        # change (NaN, a set, a datetime) fails here, before anything is written.
-        json.dumps(value, allow_nan=False)
+        # Dump strictly now, so a value that the database would reject or change (NaN, a
+        # set, a datetime) fails here, before anything is written.
+        size = len(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         msg = f"return_val[{idx}] holds a value that is not JSON: {exc}"
         raise TypeError(msg) from exc
-    return value
+    encoded: dict[str, Any] = escape_json(value)
+    return encoded, size
 
 
 def decode_generations(rows: Sequence[Any], *, key_hash: str) -> list[Generation] | None:

@@ -11,11 +11,14 @@ database with ``schema_translate_map``, so one set of models serves every deploy
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
+    Dialect,
     ForeignKey,
     Index,
     Integer,
@@ -23,10 +26,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -48,6 +52,8 @@ JSON_DOCUMENT: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgr
 
 HASH_HEX_LENGTH = 64
 NAMESPACE_MAX_LENGTH = 255
+MODEL_MAX_LENGTH = 255
+OUTPUTS_VIEW = "llm_cache_outputs"
 
 # MySQL compares strings case- and trailing-space-insensitively by default, which would let
 # namespace "Tenant" clear the entries of "tenant ": namespaces compare byte for byte.
@@ -58,6 +64,40 @@ NAMESPACE_TYPE: TypeEngine[str] = String(NAMESPACE_MAX_LENGTH).with_variant(
 KEY_HASH_TYPE: TypeEngine[str] = String(HASH_HEX_LENGTH).with_variant(
     mysql.VARCHAR(HASH_HEX_LENGTH, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
 )
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A UTC instant: timestamptz on Postgres, DATETIME(6) holding UTC on MySQL and SQLite.
+
+    Values go in as aware datetimes (any zone) and come back aware, in UTC, on every backend.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """Microseconds on MySQL too (its DATETIME keeps whole seconds by default)."""
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC: aware on Postgres, naive (implicitly UTC) elsewhere."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = "naive datetime: pass an aware datetime (e.g. datetime.now(timezone.utc))"
+            raise ValueError(msg)
+        utc = value.astimezone(timezone.utc)
+        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime whatever the backend gave."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -71,7 +111,11 @@ class CacheEntry(Base):
 
     __tablename__ = "llm_cache_entry"
     __table_args__ = (
-        Index("ix_llm_cache_entry_namespace", "namespace"),
+        # FIFO eviction and batched clears walk a namespace in id order; pruning finds the
+        # expired; older_than filters by age.
+        Index("ix_llm_cache_entry_namespace_id", "namespace", "id"),
+        Index("ix_llm_cache_entry_namespace_expires_at", "namespace", "expires_at"),
+        Index("ix_llm_cache_entry_namespace_updated_at", "namespace", "updated_at"),
         {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"},
     )
 
@@ -84,6 +128,22 @@ class CacheEntry(Base):
     namespace: Mapped[str] = mapped_column(NAMESPACE_TYPE)
     prompt: Mapped[str] = mapped_column(LONG_TEXT)
     llm_string: Mapped[str] = mapped_column(LONG_TEXT)
+    llm_model: Mapped[str | None] = mapped_column(
+        String(MODEL_MAX_LENGTH), comment="model name found in llm_string, for GROUP BY"
+    )
+    # Nullable only because SQLite cannot add a NOT NULL column with a clock default: the
+    # cache always sets both, and revision 0002 gave earlier entries the upgrade's time.
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    generation_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    size_bytes: Mapped[int] = mapped_column(
+        BigInteger,
+        server_default=text("0"),
+        comment="UTF-8 size of prompt, llm_string and the generations, for max_bytes",
+    )
+    hit_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_hit_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class CacheGeneration(Base):
@@ -106,6 +166,8 @@ class CacheGeneration(Base):
     message: Mapped[dict[str, Any] | None] = mapped_column(
         JSON_DOCUMENT, comment="the chat message's fields; content omitted when it equals text"
     )
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 entry_table = cast(Table, CacheEntry.__table__)

@@ -10,21 +10,29 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
     Connection,
     Delete,
     Insert,
+    Integer,
     Row,
     Select,
     Text,
+    Update,
     bindparam,
+    case,
     delete,
     func,
     insert,
+    or_,
     select,
     type_coerce,
+    update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
@@ -32,6 +40,16 @@ from langchain_sqlcache.models import entry_table, generation_table
 
 entry = entry_table
 generation = generation_table
+
+# Columns an update rewrites when the key already exists (created_at and hits stay).
+REWRITTEN_ON_UPDATE = (
+    "namespace",
+    "updated_at",
+    "expires_at",
+    "llm_model",
+    "generation_count",
+    "size_bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -46,21 +64,30 @@ class Statements:
     insert_generations: Insert
     delete_entry_generations: Delete
     delete_entry: Delete
-    clear_generations: Delete
-    clear_entries: Delete
+    delete_generations_of_ids: Delete
+    delete_entries_of_ids: Delete
+    expired_ids: Select[Any]
+    oldest_entries: Select[Any]
+    namespace_totals: Select[Any]
+    record_hits: Update
+    stats_by_model: Select[Any]
 
 
 @functools.cache
 def statements_for(dialect_name: str) -> Statements:
     """Return the statements for a dialect (``postgresql``, ``mysql``, ``mariadb``, ``sqlite``)."""
     key_hash = bindparam("key_hash", type_=entry.c.key_hash.type)
-    namespace = bindparam("namespace", type_=entry.c.namespace.type)
+    now = bindparam("now", type_=entry.c.expires_at.type)
+    in_namespace = entry.c.namespace == bindparam("namespace", type_=entry.c.namespace.type)
+    batch = bindparam("batch", type_=Integer)
+    entry_ids: BindParameter[int] = bindparam("ids", expanding=True)
     entry_id_of_key = select(entry.c.id).where(entry.c.key_hash == key_hash).scalar_subquery()
-    entry_ids_of_namespace = select(entry.c.id).where(entry.c.namespace == namespace)
+    expired = entry.c.expires_at <= now
     return Statements(
         dialect_name=dialect_name,
         upsert_returns_lastrowid=dialect_name in ("mysql", "mariadb"),
-        # One SELECT answers hit and miss alike: no rows is a miss.
+        # One SELECT answers hit and miss alike: no rows is a miss, and so is an expired
+        # entry, whether or not pruning has deleted it yet.
         lookup=(
             select(
                 generation.c.generation_type,
@@ -72,6 +99,7 @@ def statements_for(dialect_name: str) -> Statements:
             )
             .select_from(entry.join(generation))
             .where(entry.c.key_hash == key_hash)
+            .where(or_(entry.c.expires_at.is_(None), entry.c.expires_at > now))
             .order_by(generation.c.idx)
         ),
         upsert_entry=_upsert_entry(dialect_name),
@@ -79,36 +107,95 @@ def statements_for(dialect_name: str) -> Statements:
         insert_generations=insert(generation),
         delete_entry_generations=delete(generation).where(generation.c.entry_id == entry_id_of_key),
         delete_entry=delete(entry).where(entry.c.key_hash == key_hash),
-        clear_generations=delete(generation).where(
-            generation.c.entry_id.in_(entry_ids_of_namespace)
+        delete_generations_of_ids=delete(generation).where(generation.c.entry_id.in_(entry_ids)),
+        delete_entries_of_ids=delete(entry).where(entry.c.id.in_(entry_ids)),
+        expired_ids=(
+            select(entry.c.id).where(in_namespace, expired).order_by(entry.c.id).limit(batch)
         ),
-        clear_entries=delete(entry).where(entry.c.namespace == namespace),
+        oldest_entries=(
+            select(entry.c.id, entry.c.size_bytes)
+            .where(in_namespace)
+            .order_by(entry.c.id)
+            .limit(batch)
+        ),
+        namespace_totals=select(func.count(), func.coalesce(func.sum(entry.c.size_bytes), 0)).where(
+            in_namespace
+        ),
+        # One UPDATE per key per flush, however many hits it had: hot keys never queue
+        # readers on a row lock.
+        record_hits=(
+            update(entry)
+            .where(entry.c.key_hash == bindparam("hit_key_hash"))
+            .values(
+                hit_count=entry.c.hit_count + bindparam("hits", type_=Integer),
+                last_hit_at=bindparam("hit_at", type_=entry.c.last_hit_at.type),
+            )
+        ),
+        stats_by_model=(
+            select(
+                entry.c.llm_model,
+                func.count().label("entries"),
+                _sum(entry.c.generation_count).label("generations"),
+                _sum(entry.c.size_bytes).label("bytes"),
+                _sum(entry.c.hit_count).label("hits"),
+                _sum(case((expired, 1), else_=0)).label("expired"),
+            )
+            .where(in_namespace)
+            .group_by(entry.c.llm_model)
+        ),
     )
 
 
-def _upsert_entry(dialect_name: str) -> Insert:
-    """INSERT the entry row, or lock the existing one, and yield its id.
+def _sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(column), 0)
 
-    The conflicting row is updated (to the same values) rather than skipped so that the
-    statement takes its row lock: concurrent writers of one key queue up behind it, and each
-    replaces the generations whole.
+
+def _upsert_entry(dialect_name: str) -> Insert:
+    """INSERT the entry row, or lock and rewrite the existing one, and yield its id.
+
+    The conflicting row is updated rather than skipped so that the statement takes its row
+    lock: concurrent writers of one key queue up behind it, and each replaces the
+    generations whole.
     """
     if dialect_name in ("mysql", "mariadb"):
         mysql_insert = mysql.insert(entry)
         # LAST_INSERT_ID(id) makes the driver's lastrowid the existing row's id.
-        return mysql_insert.on_duplicate_key_update(id=func.last_insert_id(entry.c.id))
+        return mysql_insert.on_duplicate_key_update(
+            id=func.last_insert_id(entry.c.id),
+            **{name: mysql_insert.inserted[name] for name in REWRITTEN_ON_UPDATE},
+        )
     dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     upsert = dialect_insert(entry)
     return upsert.on_conflict_do_update(
         index_elements=[entry.c.key_hash],
-        set_={"namespace": upsert.excluded.namespace},
+        set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
     ).returning(entry.c.id)
 
 
-def lookup_rows(connection: Connection, key_hash: str) -> Sequence[Row[Any]]:
-    """Return the generation rows of an entry, in order; none on a miss."""
+@functools.cache
+def matching_ids(
+    dialect_name: str, *, llm_string: bool, older_than: bool, expired_only: bool
+) -> Select[Any]:
+    """A batch of a namespace's entry ids that match clear()'s filters, oldest first."""
+    query = select(entry.c.id).where(
+        entry.c.namespace == bindparam("namespace", type_=entry.c.namespace.type)
+    )
+    if llm_string:
+        query = query.where(entry.c.llm_string == bindparam("llm_string"))
+    if older_than:
+        query = query.where(entry.c.updated_at < bindparam("cutoff", type_=entry.c.updated_at.type))
+    if expired_only:
+        query = query.where(entry.c.expires_at <= bindparam("now", type_=entry.c.expires_at.type))
+    return query.order_by(entry.c.id).limit(bindparam("batch", type_=Integer))
+
+
+# -- operations: each takes a Connection and runs inside the caller's transaction ---------
+
+
+def lookup_rows(connection: Connection, key_hash: str, now: datetime) -> Sequence[Row[Any]]:
+    """Return the generation rows of a live entry, in order; none on a miss."""
     statements = statements_for(connection.dialect.name)
-    return connection.execute(statements.lookup, {"key_hash": key_hash}).all()
+    return connection.execute(statements.lookup, {"key_hash": key_hash, "now": now}).all()
 
 
 def write_value(
@@ -116,7 +203,7 @@ def write_value(
 ) -> None:
     """Replace an entry's whole value: upsert the entry, then swap its generations.
 
-    Runs inside the caller's transaction; an empty value deletes the entry instead.
+    An empty value deletes the entry instead.
     """
     statements = statements_for(connection.dialect.name)
     if not generation_rows:
@@ -131,15 +218,74 @@ def write_value(
     )
 
 
-def delete_value(connection: Connection, key_hash: str) -> None:
+def delete_value(connection: Connection, key_hash: str) -> int:
     """Delete one entry and its generations (without relying on ON DELETE CASCADE)."""
     statements = statements_for(connection.dialect.name)
     connection.execute(statements.delete_entry_generations, {"key_hash": key_hash})
-    connection.execute(statements.delete_entry, {"key_hash": key_hash})
+    return connection.execute(statements.delete_entry, {"key_hash": key_hash}).rowcount
 
 
-def clear_namespace(connection: Connection, namespace: str) -> None:
-    """Delete every entry of a namespace and their generations."""
+def delete_entries(connection: Connection, entry_ids: Sequence[int]) -> int:
+    """Delete a batch of entries and their generations; return how many entries went."""
+    if not entry_ids:
+        return 0
     statements = statements_for(connection.dialect.name)
-    connection.execute(statements.clear_generations, {"namespace": namespace})
-    connection.execute(statements.clear_entries, {"namespace": namespace})
+    ids = {"ids": list(entry_ids)}
+    connection.execute(statements.delete_generations_of_ids, ids)
+    return connection.execute(statements.delete_entries_of_ids, ids).rowcount
+
+
+def clear_batch(connection: Connection, namespace: str, filters: dict[str, Any], batch: int) -> int:
+    """Delete one batch of the namespace's entries that match ``filters``."""
+    query = matching_ids(
+        connection.dialect.name,
+        llm_string="llm_string" in filters,
+        older_than="cutoff" in filters,
+        expired_only="now" in filters,
+    )
+    params = {"namespace": namespace, "batch": batch, **filters}
+    ids = connection.execute(query, params).scalars().all()
+    return delete_entries(connection, ids)
+
+
+def prune_batch(
+    connection: Connection,
+    namespace: str,
+    now: datetime,
+    max_entries: int | None,
+    max_bytes: int | None,
+    batch: int,
+) -> int:
+    """Delete one bounded batch: expired entries first, then the oldest over the caps."""
+    statements = statements_for(connection.dialect.name)
+    params = {"namespace": namespace, "now": now, "batch": batch}
+    expired = connection.execute(statements.expired_ids, params).scalars().all()
+    if expired:
+        return delete_entries(connection, expired)
+    if max_entries is None and max_bytes is None:
+        return 0
+    entries, size = connection.execute(statements.namespace_totals, params).one()
+    excess_entries = max(0, entries - max_entries) if max_entries is not None else 0
+    excess_bytes = max(0, size - max_bytes) if max_bytes is not None else 0
+    if not excess_entries and not excess_bytes:
+        return 0
+    doomed: list[int] = []
+    # FIFO, as Solid Cache argues: the oldest entries (by first write) go first.
+    for entry_id, entry_size in connection.execute(statements.oldest_entries, params):
+        if len(doomed) >= excess_entries and excess_bytes <= 0:
+            break
+        doomed.append(entry_id)
+        excess_bytes -= entry_size
+    return delete_entries(connection, doomed)
+
+
+def record_hits(connection: Connection, hits: list[dict[str, Any]]) -> None:
+    """Add buffered hits to their entries (one executemany)."""
+    if hits:
+        connection.execute(statements_for(connection.dialect.name).record_hits, hits)
+
+
+def stats_rows(connection: Connection, namespace: str, now: datetime) -> Sequence[Row[Any]]:
+    """Per-model counts of a namespace, in one aggregate query."""
+    statements = statements_for(connection.dialect.name)
+    return connection.execute(statements.stats_by_model, {"namespace": namespace, "now": now}).all()
