@@ -10,8 +10,10 @@ from langchain_sqlcache import SQLCache
 
 def test_all_is_pinned() -> None:
     assert sorted(langchain_sqlcache.__all__) == [
+        "CacheStats",
         "ConfigurationError",
         "MissingEngineError",
+        "ModelStats",
         "SQLCache",
         "SQLCacheError",
         "SchemaError",
@@ -28,19 +30,24 @@ def test_constructor_signature() -> None:
         "namespace",
         "schema",
         "create_tables",
+        "ttl",
+        "max_entries",
+        "max_bytes",
+        "record_hits",
+        "prune_every",
+        "batch_size",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert all(
-        parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
-        for name in ("engine", "async_engine", "namespace", "schema", "create_tables")
+        parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(parameters)[1:-1]
     )
     assert parameters["namespace"].default == ""
     assert parameters["create_tables"].default is True
 
 
 def test_methods() -> None:
-    for name in ("lookup", "update", "clear", "close"):
+    for name in ("lookup", "update", "clear", "close", "delete", "prune", "stats"):
         assert callable(getattr(SQLCache, name))
-    for name in ("alookup", "aupdate", "aclear", "aclose"):
+    for name in ("alookup", "aupdate", "aclear", "aclose", "adelete", "aprune", "astats"):
         assert inspect.iscoroutinefunction(getattr(SQLCache, name))

@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from langchain_sqlcache.cache import SQLCache
+from langchain_sqlcache.cache import CacheStats, ModelStats, SQLCache
 from langchain_sqlcache.errors import (
     ConfigurationError,
     MissingEngineError,
@@ -16,8 +16,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "CacheStats",
     "ConfigurationError",
     "MissingEngineError",
+    "ModelStats",
     "SQLCache",
     "SQLCacheError",
     "SchemaError",

@@ -1,0 +1,347 @@
+"""TTL, caps, pruning, scoped clear, delete, timestamps, hits and stats, on every backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
+from sqlalchemy import select, update
+
+from langchain_sqlcache import SQLCache
+from langchain_sqlcache.codec import entry_key, model_of
+from langchain_sqlcache.models import entry_table, generation_table
+from tests.conftest import Backend, sync_engine, unique_namespace
+from tests.helpers import get, put, wipe
+from tests.test_engines import StatementLog
+
+LLM = "[('model', 'fake-model'), ('temperature', 0.0)]"
+VALUE = [Generation(text="cached")]
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+async def make_cache(backend: Backend) -> AsyncIterator[Callable[..., SQLCache]]:
+    """Build caches with options on the backend under test; cleans them up afterwards."""
+    made: list[SQLCache] = []
+
+    def make(**options: Any) -> SQLCache:
+        cache = SQLCache(backend.url, namespace=unique_namespace(), **options)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.aclear()
+        await cache.aclose()
+
+
+def entry_rows(backend: Backend, cache: SQLCache) -> list[Any]:
+    engine = sync_engine(backend.url)
+    try:
+        with engine.connect() as connection:
+            return list(
+                connection.execute(
+                    select(entry_table)
+                    .where(entry_table.c.namespace == cache.namespace)
+                    .order_by(entry_table.c.id)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def set_entry(backend: Backend, cache: SQLCache, prompt: str, **values: Any) -> None:
+    engine = sync_engine(backend.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(entry_table)
+                .where(entry_table.c.key_hash == entry_key(cache.namespace, prompt, LLM))
+                .values(**values)
+            )
+    finally:
+        engine.dispose()
+
+
+def prompts_left(backend: Backend, cache: SQLCache) -> list[str]:
+    return [row.prompt for row in entry_rows(backend, cache)]
+
+
+async def test_ttl_sets_expiry_and_an_expired_entry_is_a_miss_at_once(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(ttl=3600)
+    before = datetime.now(timezone.utc)
+    await put(cache, family, "p", LLM, VALUE)
+    (row,) = entry_rows(backend, cache)
+    assert before + HOUR <= row.expires_at <= datetime.now(timezone.utc) + HOUR
+    assert await get(cache, family, "p", LLM) == VALUE
+    set_entry(backend, cache, "p", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    # Not deleted yet, already a miss.
+    assert await get(cache, family, "p", LLM) is None
+    assert len(entry_rows(backend, cache)) == 1
+    assert cache.stats().expired == 1
+    assert (cache.prune() if family == "sync" else await cache.aprune()) == 1
+    assert entry_rows(backend, cache) == []
+
+
+async def test_without_ttl_entries_never_expire(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    cache = make_cache()
+    cache.update("p", LLM, VALUE)
+    assert entry_rows(backend, cache)[0].expires_at is None
+    assert cache.prune() == 0
+    assert cache.lookup("p", LLM) == VALUE
+
+
+async def test_max_entries_evicts_the_oldest(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(max_entries=5, prune_every=None)
+    for i in range(8):
+        await put(cache, family, f"p{i}", LLM, VALUE)
+    # Rewriting an old key keeps its place in the queue (FIFO by first write).
+    await put(cache, family, "p0", LLM, [Generation(text="rewritten")])
+    assert (cache.prune() if family == "sync" else await cache.aprune()) == 3
+    assert prompts_left(backend, cache) == [f"p{i}" for i in range(3, 8)]
+    assert cache.prune() == 0
+
+
+async def test_max_bytes_evicts_the_oldest_until_under(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(prune_every=None)
+    for i in range(6):
+        await put(cache, family, f"p{i}", LLM, [Generation(text="x" * 1000)])
+    sizes = [row.size_bytes for row in entry_rows(backend, cache)]
+    assert all(size >= 1000 + len(LLM) for size in sizes)
+    capped = SQLCache(cache._url, namespace=cache.namespace, max_bytes=sum(sizes[:3]))
+    try:
+        assert (capped.prune() if family == "sync" else await capped.aprune()) == 3
+    finally:
+        await capped.aclose()
+    assert prompts_left(backend, cache) == ["p3", "p4", "p5"]
+    assert sum(row.size_bytes for row in entry_rows(backend, cache)) <= sum(sizes[:3])
+
+
+async def test_prune_deletes_in_bounded_batches(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    cache = make_cache(batch_size=3, prune_every=None)
+    for i in range(10):
+        cache.update(f"p{i}", LLM, VALUE)
+    past = datetime.now(timezone.utc) - HOUR
+    for i in range(10):
+        set_entry(backend, cache, f"p{i}", expires_at=past)
+    assert cache._engines is not None
+    log = StatementLog(cache._engines.writer)
+    assert cache.prune() == 10
+    deletes = [s for s, _ in log.statements if s.startswith("DELETE FROM llm_cache_entry")]
+    assert len(deletes) == 4  # 3 + 3 + 3 + 1, each in its own transaction
+
+
+async def test_automatic_pruning_costs_an_update_one_small_batch(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(max_entries=3, prune_every=5, batch_size=2)
+    counts = []
+    for i in range(10):
+        await put(cache, family, f"p{i}", LLM, VALUE)
+        counts.append(len(entry_rows(backend, cache)))
+    # Every 5th write deletes one batch of at most 2 entries, never more.
+    assert counts == [1, 2, 3, 4, 3, 4, 5, 6, 7, 6]
+
+
+async def test_delete_one_entry(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache()
+    await put(cache, family, "gone", LLM, VALUE)
+    await put(cache, family, "kept", LLM, VALUE)
+    delete = cache.delete if family == "sync" else None
+    deleted = delete("gone", LLM) if delete else await cache.adelete("gone", LLM)
+    assert deleted is True
+    again = delete("gone", LLM) if delete else await cache.adelete("gone", LLM)
+    assert again is False
+    assert await get(cache, family, "gone", LLM) is None
+    assert await get(cache, family, "kept", LLM) == VALUE
+
+
+async def clear(cache: SQLCache, family: str, **filters: Any) -> None:
+    if family == "sync":
+        cache.clear(**filters)
+    else:
+        await cache.aclear(**filters)
+
+
+async def test_clear_filters(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(batch_size=2, prune_every=None)
+    other_llm = "[('model', 'other-model')]"
+    for i in range(3):
+        await put(cache, family, f"a{i}", LLM, VALUE)
+        await put(cache, family, f"b{i}", other_llm, VALUE)
+    await clear(cache, family, llm_string=other_llm)
+    assert prompts_left(backend, cache) == ["a0", "a1", "a2"]
+    set_entry(backend, cache, "a0", updated_at=datetime.now(timezone.utc) - 2 * HOUR)
+    await clear(cache, family, older_than=HOUR)
+    assert prompts_left(backend, cache) == ["a1", "a2"]
+    set_entry(backend, cache, "a1", updated_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    await clear(cache, family, older_than=datetime(2021, 1, 1, tzinfo=timezone.utc))
+    assert prompts_left(backend, cache) == ["a2"]
+    await put(cache, family, "e", LLM, VALUE)
+    set_entry(backend, cache, "e", expires_at=datetime.now(timezone.utc) - HOUR)
+    await clear(cache, family, expired_only=True)
+    assert prompts_left(backend, cache) == ["a2"]
+    for i in range(5):
+        await put(cache, family, f"c{i}", LLM, VALUE)
+    await clear(cache, family)  # no filter: the whole namespace, 2 entries a transaction
+    assert prompts_left(backend, cache) == []
+
+
+async def test_clear_rejects_bad_arguments(make_cache: Callable[..., SQLCache]) -> None:
+    cache = make_cache()
+    with pytest.raises(TypeError, match="unexpected keyword arguments: bogus"):
+        cache.clear(bogus=1)
+    with pytest.raises(TypeError, match="unexpected keyword arguments: bogus"):
+        await cache.aclear(bogus=1)
+    with pytest.raises(TypeError, match="aware datetime"):
+        cache.clear(older_than=datetime(2020, 1, 1))
+    with pytest.raises(TypeError, match="datetime or a timedelta"):
+        cache.clear(older_than=3600)
+
+
+async def test_timestamps_are_utc_and_updated_at_moves(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache()
+    await put(cache, family, "p", LLM, VALUE)
+    (first,) = entry_rows(backend, cache)
+    assert first.created_at.tzinfo is not None
+    assert first.created_at.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - first.created_at) < timedelta(minutes=1)
+    set_entry(backend, cache, "p", created_at=first.created_at - HOUR,
+              updated_at=first.updated_at - HOUR)  # fmt: skip
+    await put(cache, family, "p", LLM, [Generation(text="new")])
+    (second,) = entry_rows(backend, cache)
+    assert second.created_at == first.created_at - HOUR
+    assert second.updated_at > first.updated_at - HOUR
+
+
+async def test_model_and_token_columns(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache()
+    usage = {"input_tokens": 11, "output_tokens": 22, "total_tokens": 33}
+    value: list[Generation] = [
+        ChatGeneration(message=AIMessage(content="a", usage_metadata=usage)),
+        Generation(text="b"),
+    ]
+    await put(cache, family, "p", LLM, value)
+    await put(cache, family, "q", "no model here", VALUE)
+    rows = {row.prompt: row for row in entry_rows(backend, cache)}
+    assert rows["p"].llm_model == "fake-model"
+    assert rows["p"].llm_string == LLM
+    assert rows["q"].llm_model is None
+    assert (rows["p"].generation_count, rows["q"].generation_count) == (2, 1)
+    engine = sync_engine(backend.url)
+    try:
+        with engine.connect() as connection:
+            tokens = connection.execute(
+                select(generation_table.c.input_tokens, generation_table.c.output_tokens)
+                .where(generation_table.c.entry_id == rows["p"].id)
+                .order_by(generation_table.c.idx)
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(t) for t in tokens] == [(11, 22), (None, None)]
+
+
+@pytest.mark.parametrize(
+    ("llm_string", "model"),
+    [
+        ('{"lc": 1, "kwargs": {"model_name": "gpt-4o-mini"}}---[(\'stop\', None)]', "gpt-4o-mini"),
+        (
+            "[('_type', 'ollama-chat'), ('model', 'llama3.1:8b'), ('temperature', 0.2)]",
+            "llama3.1:8b",
+        ),
+        ('{"model": "claude-3-5-sonnet", "max_tokens": 1024}', "claude-3-5-sonnet"),
+        ("[('_type', 'generic-fake-chat-model'), ('stop', None)]", None),
+    ],
+)
+def test_model_is_found_in_llm_strings(llm_string: str, model: str | None) -> None:
+    assert model_of(llm_string) == model
+
+
+async def test_hits_are_counted_in_batches(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(record_hits=True)
+    await put(cache, family, "hot", LLM, VALUE)
+    await put(cache, family, "cold", LLM, VALUE)
+    for _ in range(5):
+        assert await get(cache, family, "hot", LLM) == VALUE
+    assert await get(cache, family, "missing", LLM) is None
+    stats = cache.stats() if family == "sync" else await cache.astats()
+    assert stats.hits == 5
+    rows = {row.prompt: row for row in entry_rows(backend, cache)}
+    assert (rows["hot"].hit_count, rows["cold"].hit_count) == (5, 0)
+    assert rows["hot"].last_hit_at is not None
+    assert rows["cold"].last_hit_at is None
+
+
+async def test_hot_key_hit_counts_under_threads(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    cache = make_cache(record_hits=True, pool_size=16)
+    cache.update("hot", LLM, VALUE)
+
+    def read(_: int) -> None:
+        for _ in range(50):
+            assert cache.lookup("hot", LLM) == VALUE
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(read, range(16)))
+    cache.close()  # writes what is pending
+    assert [row.hit_count for row in entry_rows(backend, cache)] == [800]
+
+
+async def test_hits_are_not_recorded_by_default(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    cache = make_cache()
+    cache.update("p", LLM, VALUE)
+    for _ in range(3):
+        cache.lookup("p", LLM)
+    cache.close()
+    assert entry_rows(backend, cache)[0].hit_count == 0
+
+
+async def test_stats_by_model(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(record_hits=True)
+    other = "{'model_name': 'other-model'}"
+    await put(cache, family, "a", LLM, [Generation(text="1"), Generation(text="2")])
+    await put(cache, family, "b", LLM, VALUE)
+    await put(cache, family, "c", other, VALUE)
+    await put(cache, family, "d", "unknown", VALUE)
+    set_entry(backend, cache, "b", expires_at=datetime.now(timezone.utc) - HOUR)
+    await get(cache, family, "a", LLM)
+    stats = cache.stats() if family == "sync" else await cache.astats()
+    assert (stats.entries, stats.generations, stats.expired, stats.hits) == (4, 5, 1, 1)
+    assert stats.bytes == sum(row.size_bytes for row in entry_rows(backend, cache))
+    assert set(stats.models) == {"fake-model", "other-model", None}
+    fake = stats.models["fake-model"]
+    assert (fake.entries, fake.generations, fake.expired, fake.hits) == (2, 3, 1, 1)
+    assert stats.as_dict()["models"]["other-model"]["entries"] == 1
+    await wipe(cache, family)
+    empty = cache.stats()
+    assert (empty.entries, empty.bytes, empty.models) == (0, 0, {})
