@@ -32,7 +32,9 @@ def test_constraints_are_named_by_the_convention() -> None:
     assert names == {
         "pk_llm_cache_entry",
         "uq_llm_cache_entry_key_hash",
-        "ix_llm_cache_entry_namespace",
+        "ix_llm_cache_entry_namespace_id",
+        "ix_llm_cache_entry_namespace_expires_at",
+        "ix_llm_cache_entry_namespace_updated_at",
         "pk_llm_cache_generation",
         "fk_llm_cache_generation_entry_id_llm_cache_entry",
     }
