@@ -19,14 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from langchain_sqlcache.codec import (
-    decode_generations,
-    encode_generations,
-    entry_key,
-    escape_text,
-    model_of,
-    utf8_size,
-)
+from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, is_retryable
 from langchain_sqlcache.hits import HitBuffer
@@ -306,21 +299,16 @@ class SQLCache(BaseCache):
     def _encode(
         self, prompt: str, llm_string: str, return_val: Sequence[Any]
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        generation_rows, value_size = encode_generations(return_val)
         now = _now()
-        entry_row = {
-            "key_hash": self._key_hash(prompt, llm_string),
-            "namespace": self._escaped_namespace,
-            "prompt": escape_text(prompt),
-            "llm_string": escape_text(llm_string),
-            "llm_model": model_of(llm_string),
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": now + self.ttl if self.ttl else None,
-            "generation_count": len(generation_rows),
-            "size_bytes": utf8_size(prompt) + utf8_size(llm_string) + value_size,
-        }
-        return entry_row, generation_rows
+        return encode_entry(
+            self.namespace,
+            prompt,
+            llm_string,
+            return_val,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + self.ttl if self.ttl else None,
+        )
 
     def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(kwargs) - set(CLEAR_FILTERS))

@@ -1,25 +1,33 @@
 """The ``langchain-sqlcache`` command.
 
-Exit codes: 0 success; 1 ``db check`` found the database behind the package; 2 a usage error;
-3 a configuration or database error (printed as one line, without a traceback).
+Exit codes: 0 success; 1 ``db check`` found the database behind the package, ``import``
+skipped a malformed line, or ``clear`` was not confirmed; 2 a usage error; 3 a configuration
+or database error (printed as one line, without a traceback).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import re
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import IO, Any, TypeVar
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from langchain_sqlcache import migrations
+from langchain_sqlcache import migrations, transfer
+from langchain_sqlcache.cache import CacheStats, SQLCache
 from langchain_sqlcache.engines import DEFAULT_URL, URL_ENV_VAR, resolve_url
 from langchain_sqlcache.errors import SQLCacheError
 
 EXIT_BEHIND = 1
+EXIT_SKIPPED = 1
 EXIT_ERROR = 3
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +57,45 @@ url_option = click.option(
 schema_option = click.option(
     "--schema", default=None, help="Postgres schema or MySQL database that holds the tables."
 )
+namespace_option = click.option(
+    "--namespace", default="", show_default=True, help="The cache's namespace."
+)
+
+
+def _cache(url: str, namespace: str, schema: str | None, **options: Any) -> SQLCache:
+    # The CLI never creates tables behind an operator's back: `db upgrade` does that.
+    return SQLCache(url, namespace=namespace, schema=schema, create_tables=False, **options)
+
+
+class Age(click.ParamType[timedelta | datetime]):
+    """A duration (30d, 12h, 90m, 45s, 2w) or an ISO datetime with a time zone."""
+
+    name = "age"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta | datetime:
+        """Parse the value, or fail with a usage error."""
+        if isinstance(value, (timedelta, datetime)):
+            return value
+        match = DURATION.match(str(value))
+        if match:
+            return timedelta(**{DURATION_UNITS[match.group(2)]: float(match.group(1))})
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            self.fail(f"{value!r} is neither a duration (30d, 12h) nor an ISO datetime with a zone")
+        return moment
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
 sql_option = click.option(
     "--sql", is_flag=True, help="Print the SQL for review instead of running it."
 )
@@ -123,3 +170,183 @@ def check(url: str, schema: str | None) -> None:
         f"{migrations.upgrade_command(url, schema)}"
     )
     sys.exit(EXIT_BEHIND)
+
+
+@main.command()
+@url_option
+@click.option("--latency", default=0.4, show_default=True, help="Simulated model latency (s).")
+@_one_line_errors
+def demo(url: str, latency: float) -> None:
+    """Run a chat model through the cache twice, sync and async, and show what it did."""
+    from langchain_sqlcache import demo as demo_module
+
+    cache = SQLCache(url, namespace=demo_module.NAMESPACE, record_hits=True)
+    click.secho(f"langchain-sqlcache demo on {_shown(url)}", bold=True)
+    click.echo(f"A fake chat model that takes {latency * 1000:.0f} ms, asked each prompt twice.\n")
+    timings = demo_module.run(cache, click.echo, latency)
+    rows = [
+        [family, prompt, f"{first:8.1f}", f"{second:6.1f}", f"{first / second:6.0f}x"]
+        for family, prompt, first, second in timings
+    ]
+    headers = ["family", "prompt", "miss (ms)", "hit (ms)", "faster"]
+    click.echo(_table(headers, rows))
+    stats = cache.stats()
+    click.secho("\nstats()", bold=True)
+    click.echo(_stats_table(stats))
+    sql, columns, result = demo_module.analyst_rows(cache)
+    click.secho("\nAn analyst's query over the llm_cache_outputs view:", bold=True)
+    click.echo(" ".join(sql.split()))
+    click.echo(_table(columns, [list(row) for row in result]))
+    cache.close()
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        query = "SELECT * FROM llm_cache_outputs"
+        click.echo(f"\nThe cache is in {path}; look inside: sqlite3 {path} '{query}'")
+
+
+@main.command()
+@url_option
+@namespace_option
+@schema_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_one_line_errors
+def stats(url: str, namespace: str, schema: str | None, as_json: bool) -> None:
+    """Entries, generations, bytes, expired entries and hits of a namespace, by model."""
+    cache = _cache(url, namespace, schema)
+    try:
+        result = cache.stats()
+    finally:
+        cache.close()
+    if as_json:
+        # Entries without a model are under the key "null".
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(_stats_table(result))
+
+
+def _stats_table(stats: CacheStats) -> str:
+    rows = [
+        [model or "(unknown)", m.entries, m.generations, m.bytes, m.expired, m.hits]
+        for model, m in sorted(stats.models.items(), key=lambda item: str(item[0]))
+    ]
+    rows.append(["total", stats.entries, stats.generations, stats.bytes, stats.expired,
+                 stats.hits])  # fmt: skip
+    return _table(["model", "entries", "generations", "bytes", "expired", "hits"], rows)
+
+
+@main.command()
+@url_option
+@namespace_option
+@schema_option
+@click.option("--max-entries", type=int, default=None, help="Cap on the namespace's entries.")
+@click.option("--max-bytes", type=int, default=None, help="Cap on the namespace's bytes.")
+@_one_line_errors
+def prune(
+    url: str,
+    namespace: str,
+    schema: str | None,
+    max_entries: int | None,
+    max_bytes: int | None,
+) -> None:
+    """Delete expired entries, then the oldest over the caps, in batches."""
+    cache = _cache(url, namespace, schema, max_entries=max_entries, max_bytes=max_bytes)
+    try:
+        click.echo(f"pruned {cache.prune()} entries")
+    finally:
+        cache.close()
+
+
+@main.command()
+@url_option
+@namespace_option
+@schema_option
+@click.option("--llm-string", default=None, help="Only the entries of this llm_string.")
+@click.option("--older-than", type=Age(), default=None, help="30d, 12h, ... or an ISO datetime.")
+@click.option("--expired-only", is_flag=True, help="Only entries whose ttl has passed.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_one_line_errors
+def clear(
+    url: str,
+    namespace: str,
+    schema: str | None,
+    llm_string: str | None,
+    older_than: timedelta | datetime | None,
+    expired_only: bool,
+    yes: bool,
+) -> None:
+    """Delete a namespace's entries (or those matching the filters), in batches."""
+    cache = _cache(url, namespace, schema)
+    try:
+        before = cache.stats().entries
+        question = (
+            f"Clear namespace {namespace!r} ({before} entries, before filters) on {_shown(url)}?"
+        )
+        if not yes and not _confirmed(question):
+            click.echo("not cleared", err=True)
+            sys.exit(EXIT_SKIPPED)
+        filters: dict[str, Any] = {"llm_string": llm_string, "older_than": older_than}
+        cache.clear(**{k: v for k, v in filters.items() if v is not None},
+                    **({"expired_only": True} if expired_only else {}))  # fmt: skip
+        click.echo(f"cleared {before - cache.stats().entries} entries")
+    finally:
+        cache.close()
+
+
+@main.command(name="export")
+@url_option
+@click.option("--namespace", default=None, help="Only this namespace (default: all).")
+@schema_option
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
+              help="File to write (default: standard output).")  # fmt: skip
+@_one_line_errors
+def export_command(url: str, namespace: str | None, schema: str | None, output: IO[str]) -> None:
+    """Write the cache (or a namespace) as JSON Lines, streaming, with a progress bar."""
+    cache = _cache(url, namespace or "", schema)
+    try:
+        total = transfer.count(cache, all_namespaces=namespace is None)
+        records = transfer.export_records(cache, all_namespaces=namespace is None)
+        with click.progressbar(records, length=total, label="export", file=sys.stderr) as bar:
+            for record in bar:
+                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        cache.close()
+    click.echo(f"exported {total} entries", err=True)
+
+
+@main.command(name="import")
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+@url_option
+@click.option(
+    "--namespace", default=None, help="Import into this namespace (default: each line's)."
+)
+@schema_option
+@_one_line_errors
+def import_command(url: str, source: IO[str], namespace: str | None, schema: str | None) -> None:
+    """Read JSON Lines from SOURCE ('-' for standard input) into the cache; idempotent."""
+    cache = _cache(url, namespace or "", schema)
+
+    def skipped(number: int, reason: str) -> None:
+        click.echo(f"line {number}: skipped: {reason}", err=True)
+
+    try:
+        with click.progressbar(source, label="import", file=sys.stderr) as lines:
+            result = transfer.import_lines(
+                cache, lines, keep_namespaces=namespace is None, on_skip=skipped
+            )
+    finally:
+        cache.close()
+    click.echo(f"imported {result.imported} entries, skipped {result.skipped} lines", err=True)
+    if result.skipped:
+        sys.exit(EXIT_SKIPPED)
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return click.confirm(question)
+    except click.Abort:  # no answer (end of input): not a yes
+        click.echo("", err=True)
+        return False
+
+
+def _shown(url: str) -> str:
+    return resolve_url(url).render_as_string(hide_password=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from langchain_core.messages import (
@@ -233,6 +234,33 @@ def _encode_json(idx: int, value: dict[str, Any] | None) -> tuple[dict[str, Any]
         raise TypeError(msg) from exc
     encoded: dict[str, Any] = escape_json(value)
     return encoded, size
+
+
+def encode_entry(
+    namespace: str,
+    prompt: str,
+    llm_string: str,
+    return_val: Sequence[Generation],
+    *,
+    created_at: datetime,
+    updated_at: datetime,
+    expires_at: datetime | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The entry row and generation rows that store ``return_val`` under its key."""
+    generation_rows, value_size = encode_generations(return_val)
+    entry_row = {
+        "key_hash": entry_key(namespace, prompt, llm_string),
+        "namespace": escape_text(namespace),
+        "prompt": escape_text(prompt),
+        "llm_string": escape_text(llm_string),
+        "llm_model": model_of(llm_string),
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "expires_at": expires_at,
+        "generation_count": len(generation_rows),
+        "size_bytes": utf8_size(prompt) + utf8_size(llm_string) + value_size,
+    }
+    return entry_row, generation_rows
 
 
 def decode_generations(rows: Sequence[Any], *, key_hash: str) -> list[Generation] | None:

@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     DateTime,
     Dialect,
     ForeignKey,
@@ -173,3 +174,28 @@ class CacheGeneration(Base):
 entry_table = cast(Table, CacheEntry.__table__)
 generation_table = cast(Table, CacheGeneration.__table__)
 metadata = Base.metadata
+
+
+# The analysts' view, created by revision 0002. Described here (outside the models' metadata,
+# so that neither create_all nor autogenerate treats it as a table) for queries in code.
+outputs_view = Table(
+    OUTPUTS_VIEW,
+    MetaData(),
+    Column("namespace", String),
+    Column("model", String),
+    Column("prompt", Text),
+    Column("llm_string", Text),
+    Column("entry_id", BigInteger),
+    Column("idx", Integer),
+    Column("generation_type", String),
+    Column("text", Text),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("generation_info", JSON_DOCUMENT),
+    Column("message", JSON_DOCUMENT),
+    Column("created_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime()),
+    Column("expires_at", UTCDateTime()),
+    Column("hit_count", BigInteger),
+    Column("last_hit_at", UTCDateTime()),
+)

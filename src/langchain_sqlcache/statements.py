@@ -150,7 +150,7 @@ def _sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(column), 0)
 
 
-def _upsert_entry(dialect_name: str) -> Insert:
+def _upsert_entry(dialect_name: str, *, returning: bool = True) -> Insert:
     """INSERT the entry row, or lock and rewrite the existing one, and yield its id.
 
     The conflicting row is updated rather than skipped so that the statement takes its row
@@ -166,10 +166,11 @@ def _upsert_entry(dialect_name: str) -> Insert:
         )
     dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     upsert = dialect_insert(entry)
-    return upsert.on_conflict_do_update(
+    statement = upsert.on_conflict_do_update(
         index_elements=[entry.c.key_hash],
         set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-    ).returning(entry.c.id)
+    )
+    return statement.returning(entry.c.id) if returning else statement
 
 
 @functools.cache
@@ -289,3 +290,103 @@ def stats_rows(connection: Connection, namespace: str, now: datetime) -> Sequenc
     """Per-model counts of a namespace, in one aggregate query."""
     statements = statements_for(connection.dialect.name)
     return connection.execute(statements.stats_by_model, {"namespace": namespace, "now": now}).all()
+
+
+# -- bulk transfer (export and import) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferStatements:
+    """Statements for moving many entries: keyset pages out, batched upserts in."""
+
+    page: Select[Any]
+    page_in_namespace: Select[Any]
+    count: Select[Any]
+    count_in_namespace: Select[Any]
+    generations_of_ids: Select[Any]
+    upsert_entries: Insert
+    ids_of_keys: Select[Any]
+
+
+@functools.cache
+def transfer_statements(dialect_name: str) -> TransferStatements:
+    """Return the transfer statements of a dialect."""
+    namespace = bindparam("namespace", type_=entry.c.namespace.type)
+    page = (
+        select(entry)
+        .where(entry.c.id > bindparam("after_id", type_=Integer))
+        .order_by(entry.c.id)
+        .limit(bindparam("batch", type_=Integer))
+    )
+    return TransferStatements(
+        page=page,
+        page_in_namespace=page.where(entry.c.namespace == namespace),
+        count=select(func.count()).select_from(entry),
+        count_in_namespace=select(func.count()).where(entry.c.namespace == namespace),
+        generations_of_ids=(
+            select(generation)
+            .where(generation.c.entry_id.in_(bindparam("ids", expanding=True)))
+            .order_by(generation.c.entry_id, generation.c.idx)
+        ),
+        # executemany cannot hand ids back on every driver: upsert, then look them up.
+        upsert_entries=_upsert_entry(dialect_name, returning=False),
+        ids_of_keys=select(entry.c.id, entry.c.key_hash).where(
+            entry.c.key_hash.in_(bindparam("keys", expanding=True))
+        ),
+    )
+
+
+def read_page(
+    connection: Connection, namespace: str | None, after_id: int, batch: int
+) -> tuple[list[Row[Any]], dict[int, list[Row[Any]]]]:
+    """One page of entries after ``after_id``, with their generations by entry id."""
+    statements = transfer_statements(connection.dialect.name)
+    params: dict[str, Any] = {"after_id": after_id, "batch": batch}
+    if namespace is None:
+        entries = connection.execute(statements.page, params).all()
+    else:
+        entries = connection.execute(
+            statements.page_in_namespace, {**params, "namespace": namespace}
+        ).all()
+    generations: dict[int, list[Row[Any]]] = {}
+    if entries:
+        ids = {"ids": [row.id for row in entries]}
+        for row in connection.execute(statements.generations_of_ids, ids):
+            generations.setdefault(row.entry_id, []).append(row)
+    return list(entries), generations
+
+
+def count_entries(connection: Connection, namespace: str | None) -> int:
+    """How many entries (of a namespace, or in all)."""
+    statements = transfer_statements(connection.dialect.name)
+    if namespace is None:
+        return int(connection.execute(statements.count).scalar_one())
+    return int(
+        connection.execute(statements.count_in_namespace, {"namespace": namespace}).scalar_one()
+    )
+
+
+def write_values(
+    connection: Connection, values: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+) -> None:
+    """Write many (entry row, generation rows) values in four statements."""
+    if not values:
+        return
+    statements = transfer_statements(connection.dialect.name)
+    connection.execute(statements.upsert_entries, [entry_row for entry_row, _ in values])
+    keys = [entry_row["key_hash"] for entry_row, _ in values]
+    ids = dict((key, entry_id) for entry_id, key in connection.execute(
+        statements.ids_of_keys, {"keys": keys}
+    ))  # fmt: skip
+    connection.execute(
+        statements_for(connection.dialect.name).delete_generations_of_ids,
+        {"ids": list(ids.values())},
+    )
+    generation_rows = [
+        {**row, "entry_id": ids[entry_row["key_hash"]]}
+        for entry_row, rows in values
+        for row in rows
+    ]
+    if generation_rows:
+        connection.execute(statements_for(connection.dialect.name).insert_generations,
+                           generation_rows)  # fmt: skip
