@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from langchain_sqlcache import migrations
-from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, main
+from langchain_sqlcache import SQLCache, migrations
+from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_SKIPPED, main
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
+from tests.conftest import Backend, unique_namespace
+
+LLM = "[('model', 'cli-model')]"
 
 
 def tables(url: str) -> set[str]:
@@ -83,3 +92,173 @@ def test_help_everywhere(args: list[str]) -> None:
 def test_usage_errors_exit_2() -> None:
     assert run("db", "downgrade")[0] == 2
     assert run("db", "nope")[0] == 2
+
+
+# -- demo, stats, prune, clear, export, import -----------------------------------------------
+
+
+def test_demo(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = None if backend.name == "sqlite" else backend.url
+    code, out, err = run("demo", "--latency", "0.05", *(["--url", url] if url else []))
+    assert code == 0, err
+    for expected in ("miss (ms)", "hit (ms)", "stats()", "fake-gpt-4o-mini", "llm_cache_outputs"):
+        assert expected in out
+    lines = out.splitlines()
+    assert sum(line.startswith("sync ") for line in lines) == 3
+    assert sum(line.startswith("async ") for line in lines) == 2
+    if url is None:  # the embedded default leaves a cache file to open
+        assert (tmp_path / ".langchain_cache.db").exists()
+        assert "sqlite3 .langchain_cache.db" in out
+
+
+@pytest.fixture
+def seeded_namespace(backend: Backend) -> Iterator[str]:
+    namespace = unique_namespace()
+    cache = SQLCache(backend.url, namespace=namespace)
+    for i in range(4):
+        cache.update(f"prompt {i}", LLM, [Generation(text=f"answer {i}")])
+    cache.close()
+    yield namespace
+    SQLCache(backend.url, namespace=namespace).clear()
+
+
+def test_stats_prune_clear(backend: Backend, seeded_namespace: str) -> None:
+    ns = ["--url", backend.url, "--namespace", seeded_namespace]
+    code, out, _ = run("stats", *ns)
+    assert code == 0
+    assert "cli-model" in out
+    assert out.splitlines()[-1].split()[:2] == ["total", "4"]
+    code, out, _ = run("stats", *ns, "--json")
+    assert (code, json.loads(out)["entries"], list(json.loads(out)["models"])) == (
+        0,
+        4,
+        ["cli-model"],
+    )
+    code, out, _ = run("prune", *ns, "--max-entries", "3")
+    assert (code, out.strip()) == (0, "pruned 1 entries")
+    result = CliRunner().invoke(main, ["clear", *ns], input="n\n")
+    assert result.exit_code == EXIT_SKIPPED
+    assert "not cleared" in result.stderr
+    assert json.loads(run("stats", *ns, "--json")[1])["entries"] == 3
+    code, out, _ = run("clear", *ns, "--older-than", "1d", "--yes")
+    assert (code, out.strip()) == (0, "cleared 0 entries")
+    result = CliRunner().invoke(main, ["clear", *ns, "--llm-string", LLM], input="y\n")
+    assert result.exit_code == 0
+    assert "cleared 3 entries" in result.stdout
+    assert run("clear", *ns, "--older-than", "yesterday", "--yes")[0] == 2
+
+
+def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Path) -> None:
+    namespace = unique_namespace()
+    source = SQLCache(backend.url, namespace=namespace, record_hits=True, ttl=3600)
+    values: dict[str, list[Generation]] = {
+        "plain": [Generation(text="plain answer")],
+        "nul\x00 and 😀 and \ud800": [
+            Generation(text="odd \x00 text", generation_info={"k": "\x00"})
+        ],
+        "chat": [
+            ChatGeneration(
+                message=AIMessage(
+                    content="hi",
+                    tool_calls=[{"name": "f", "args": {"a": 1}, "id": "c"}],
+                    usage_metadata={"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+                )
+            )
+        ],
+    }
+    for prompt, value in values.items():
+        source.update(prompt, LLM, value)
+    assert source.lookup("plain", LLM) is not None
+    source.close()
+    dump = tmp_path / "cache.jsonl"
+    code, _, err = run("export", "--url", backend.url, "--namespace", namespace, "-o", str(dump))
+    assert code == 0, err
+    assert "exported 3 entries" in err
+    assert len(dump.read_text(encoding="utf-8").splitlines()) == 3
+    assert run("db", "upgrade", "--url", empty_db)[0] == 0
+    for _ in range(2):  # importing twice changes nothing
+        code, _, err = run("import", str(dump), "--url", empty_db)
+        assert code == 0, err
+        assert "imported 3 entries, skipped 0 lines" in err
+    target = SQLCache(empty_db, namespace=namespace, create_tables=False)
+    try:
+        for prompt, value in values.items():
+            assert target.lookup(prompt, LLM) == value
+        stats = target.stats()
+        assert (stats.entries, stats.hits) == (3, 1)
+    finally:
+        target.close()
+    records = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines()]
+    assert {r["prompt"] for r in records} == set(values)
+    assert all(r["expires_at"] and r["created_at"].endswith("+00:00") for r in records)
+    SQLCache(backend.url, namespace=namespace).clear()
+
+
+def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path) -> None:
+    assert run("db", "upgrade", "--url", empty_db)[0] == 0
+    good = {
+        "format": "langchain-sqlcache/1",
+        "namespace": "n",
+        "prompt": "p",
+        "llm_string": LLM,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "generations": [{"type": "Generation", "text": "ok"}],
+    }
+    planted = {**good, "prompt": "q", "generations": [{"type": "os.system", "text": "x"}]}
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "format": "other"}),
+        json.dumps(planted),
+        json.dumps({**good, "prompt": "r", "created_at": "2026-01-01T00:00:00"}),
+        json.dumps({**good, "prompt": "s"}),
+    ]
+    dump = tmp_path / "mixed.jsonl"
+    dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run("import", str(dump), "--url", empty_db)
+    assert code == EXIT_SKIPPED
+    for number in (2, 3, 4, 5):
+        assert f"line {number}: skipped" in err
+    assert "imported 2 entries, skipped 4 lines" in err
+    cache = SQLCache(empty_db, namespace="n", create_tables=False)
+    assert cache.lookup("p", LLM) == [Generation(text="ok")]
+    assert cache.lookup("s", LLM) == [Generation(text="ok")]
+    assert cache.lookup("q", LLM) is None
+    cache.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["prune"], ["clear", "--yes"], ["export"], ["import", "-"], ["demo"]],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not-a-url", "error: not a database URL"),
+        ("postgresql://nobody@127.0.0.1:9/none", "error: connection"),
+        ("postgresql+psycopg2://u@127.0.0.1:9/db", "pip install 'langchain-sqlcache[postgres]'"),
+    ],
+    ids=["bad-url", "unreachable", "missing-driver"],
+)
+def test_every_command_fails_in_one_line(command: list[str], url: str, message: str) -> None:
+    code, _, err = run(*command, "--url", url)
+    assert code == EXIT_ERROR, err
+    assert message in err
+    assert err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+
+
+def test_commands_name_the_upgrade_when_the_schema_is_missing(empty_db: str) -> None:
+    for command in (["stats"], ["prune"], ["clear", "--yes"], ["export"]):
+        code, _, err = run(*command, "--url", empty_db)
+        assert code == EXIT_ERROR
+        assert "langchain-sqlcache db upgrade --url" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "stats", "prune", "clear", "export", "import"])
+def test_help_for_every_command(command: str) -> None:
+    code, out, _ = run(command, "--help")
+    assert (code, "Usage:" in out) == (0, True)

@@ -181,6 +181,7 @@ def demo(url: str, latency: float) -> None:
     from langchain_sqlcache import demo as demo_module
 
     cache = SQLCache(url, namespace=demo_module.NAMESPACE, record_hits=True)
+    cache._ready_engines()  # connect (and migrate an empty database) before printing
     click.secho(f"langchain-sqlcache demo on {_shown(url)}", bold=True)
     click.echo(f"A fake chat model that takes {latency * 1000:.0f} ms, asked each prompt twice.\n")
     timings = demo_module.run(cache, click.echo, latency)
@@ -307,7 +308,7 @@ def export_command(url: str, namespace: str | None, schema: str | None, output: 
         records = transfer.export_records(cache, all_namespaces=namespace is None)
         with click.progressbar(records, length=total, label="export", file=sys.stderr) as bar:
             for record in bar:
-                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+                output.write(transfer.to_line(record))
     finally:
         cache.close()
     click.echo(f"exported {total} entries", err=True)
@@ -329,6 +330,7 @@ def import_command(url: str, source: IO[str], namespace: str | None, schema: str
         click.echo(f"line {number}: skipped: {reason}", err=True)
 
     try:
+        cache._ready_engines()  # fail on the database before the progress bar starts
         with click.progressbar(source, label="import", file=sys.stderr) as lines:
             result = transfer.import_lines(
                 cache, lines, keep_namespaces=namespace is None, on_skip=skipped

@@ -88,6 +88,17 @@ def _record(entry: Row[Any], generations: list[Row[Any]]) -> dict[str, Any]:
     }
 
 
+def to_line(record: dict[str, Any]) -> str:
+    """One JSON line, readable UTF-8 unless a lone surrogate forces ASCII escapes."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = json.dumps(record)
+    return line + "\n"
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
