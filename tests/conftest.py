@@ -9,6 +9,7 @@ Docker engine is reachable; otherwise its tests skip with the reason, except und
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -61,8 +62,8 @@ def _answers(url: str) -> str | None:
 def _start_container(name: str, stack: contextlib.ExitStack) -> str | None:
     """Start the backend in a container when testcontainers and a Docker engine are here."""
     try:
-        import docker  # type: ignore[import-untyped]
-
+        # Imported by name: the repository's docker/ folder would shadow it for mypy.
+        docker = importlib.import_module("docker")
         docker.from_env().ping()
     except Exception:  # noqa: BLE001 - no Docker engine: nothing to start
         return None
