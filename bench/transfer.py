@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -27,13 +28,17 @@ from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.transfer import import_lines
 
 SCRATCH = "sqlcache_transfer_bench"
-# The command, reporting its own peak RSS (kernel ru_maxrss, KiB) on stderr as it exits.
+# The command, reporting its own peak RSS on stderr as it exits: VmHWM from /proc, which
+# (unlike ru_maxrss, kept across exec) starts afresh in the new process image.
 CLI = [
     sys.executable,
     "-c",
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF)"
-    ".ru_maxrss, file=sys.stderr))\n"
+    "import atexit, sys\n"
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            print('peak_rss_kib', line.split()[1], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
     "from langchain_sqlcache.cli import main\n"
     "main()",
 ]
@@ -48,8 +53,7 @@ def scratch_database(server_url: str) -> str:
     return make_url(server_url).set(database=SCRATCH).render_as_string(hide_password=False)
 
 
-def synthetic_lines(entries: int) -> list[str]:
-    lines = []
+def synthetic_lines(entries: int) -> Iterator[str]:
     for i in range(entries):
         answer = f"Answer number {i}: " + "lorem ipsum dolor sit amet " * 8
         message = {
@@ -57,7 +61,7 @@ def synthetic_lines(entries: int) -> list[str]:
             "id": f"run-{i}",
             "usage_metadata": {"input_tokens": 40, "output_tokens": 60, "total_tokens": 100},
         }
-        lines.append(json.dumps({
+        yield json.dumps({
             "format": "langchain-sqlcache/1",
             "namespace": "dev",
             "prompt": f"[{{\"role\": \"user\", \"content\": \"question {i}?\"}}]",
@@ -65,8 +69,7 @@ def synthetic_lines(entries: int) -> list[str]:
             "created_at": "2026-11-01T00:00:00+00:00",
             "updated_at": "2026-11-01T00:00:00+00:00",
             "generations": [{"type": "ChatGeneration", "text": answer, "message": message}],
-        }))  # fmt: skip
-    return lines
+        })  # fmt: skip
 
 
 def run(args: list[str]) -> tuple[float, float, str]:

@@ -328,8 +328,15 @@ def transfer_statements(dialect_name: str) -> TransferStatements:
             .where(generation.c.entry_id.in_(bindparam("ids", expanding=True)))
             .order_by(generation.c.entry_id, generation.c.idx)
         ),
-        # executemany cannot hand ids back on every driver: upsert, then look them up.
-        upsert_entries=_upsert_entry(dialect_name, returning=False),
+        # Postgres and SQLite hand the ids back from the batched upsert itself; MySQL has no
+        # RETURNING, so there the ids are looked up by key afterwards.
+        upsert_entries=(
+            _upsert_entry(dialect_name, returning=False)
+            if dialect_name in ("mysql", "mariadb")
+            else _upsert_entry(dialect_name, returning=False).returning(
+                entry.c.id, entry.c.key_hash, sort_by_parameter_order=True
+            )
+        ),
         ids_of_keys=select(entry.c.id, entry.c.key_hash).where(
             entry.c.key_hash.in_(bindparam("keys", expanding=True))
         ),
@@ -373,11 +380,14 @@ def write_values(
     if not values:
         return
     statements = transfer_statements(connection.dialect.name)
-    connection.execute(statements.upsert_entries, [entry_row for entry_row, _ in values])
-    keys = [entry_row["key_hash"] for entry_row, _ in values]
-    ids = dict((key, entry_id) for entry_id, key in connection.execute(
-        statements.ids_of_keys, {"keys": keys}
-    ))  # fmt: skip
+    upserted = connection.execute(statements.upsert_entries, [entry_row for entry_row, _ in values])
+    if upserted.returns_rows:
+        ids = {key: entry_id for entry_id, key in upserted}
+    else:
+        keys = [entry_row["key_hash"] for entry_row, _ in values]
+        ids = {key: entry_id for entry_id, key in connection.execute(
+            statements.ids_of_keys, {"keys": keys}
+        )}  # fmt: skip
     connection.execute(
         statements_for(connection.dialect.name).delete_generations_of_ids,
         {"ids": list(ids.values())},
