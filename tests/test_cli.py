@@ -238,7 +238,7 @@ def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path)
     ("url", "message"),
     [
         ("not-a-url", "error: not a database URL"),
-        ("postgresql://nobody@127.0.0.1:9/none", "error: connection"),
+        ("postgresql://nobody@127.0.0.1:9/none", "connection failed"),
         ("postgresql+psycopg2://u@127.0.0.1:9/db", "pip install 'langchain-sqlcache[postgres]'"),
     ],
     ids=["bad-url", "unreachable", "missing-driver"],

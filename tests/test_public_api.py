@@ -11,6 +11,7 @@ from langchain_sqlcache import SQLCache
 def test_all_is_pinned() -> None:
     assert sorted(langchain_sqlcache.__all__) == [
         "CacheStats",
+        "CacheUnavailableError",
         "ConfigurationError",
         "MissingEngineError",
         "ModelStats",
@@ -36,6 +37,7 @@ def test_constructor_signature() -> None:
         "record_hits",
         "prune_every",
         "batch_size",
+        "on_error",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

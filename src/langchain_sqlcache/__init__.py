@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from langchain_sqlcache.cache import CacheStats, ModelStats, SQLCache
 from langchain_sqlcache.errors import (
+    CacheUnavailableError,
     ConfigurationError,
     MissingEngineError,
     SchemaError,
@@ -17,6 +18,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "CacheStats",
+    "CacheUnavailableError",
     "ConfigurationError",
     "MissingEngineError",
     "ModelStats",

@@ -11,18 +11,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
-from langchain_sqlcache.errors import ConfigurationError, MissingEngineError, is_retryable
-from langchain_sqlcache.hits import HitBuffer
+from langchain_sqlcache.errors import (
+    CacheUnavailableError,
+    ConfigurationError,
+    MissingEngineError,
+    is_transient,
+)
+from langchain_sqlcache.hits import FailureLog, HitBuffer
 from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
 from langchain_sqlcache.statements import (
@@ -40,8 +44,8 @@ logger = logging.getLogger("langchain_sqlcache")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# A write that loses a deadlock or a serialization check is retried whole, a few times.
-WRITE_ATTEMPTS = 5
+# An operation that meets a transient failure is retried whole, a few times.
+ATTEMPTS = 4
 RETRY_BASE_DELAY_SECONDS = 0.01
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_PRUNE_EVERY = 100
@@ -64,6 +68,8 @@ class CacheStats(ModelStats):
     """Counts for a namespace, with a breakdown by model (None: no model found)."""
 
     models: dict[str | None, ModelStats] = field(default_factory=dict)
+    failures: int = 0
+    """Operations of this process that failed over to a miss or no-op (on_error="warn")."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for JSON."""
@@ -101,6 +107,10 @@ class SQLCache(BaseCache):
         prune_every: Run one pruning batch every this many updates (None: never
             automatically; call ``prune()``).
         batch_size: Entries deleted per transaction by pruning and clearing.
+        on_error: What a transient database failure (connection refused or lost, timeout,
+            deadlock, failover), after retries, does: ``"warn"`` makes a lookup a miss and a
+            write a no-op, logged (rate-limited) and counted in ``stats().failures``;
+            ``"raise"`` raises ``CacheUnavailableError``. Configuration errors always raise.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -121,6 +131,7 @@ class SQLCache(BaseCache):
         record_hits: bool = False,
         prune_every: int | None = DEFAULT_PRUNE_EVERY,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        on_error: Literal["warn", "raise"] = "warn",
         **engine_kwargs: Any,
     ) -> None:
         if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
@@ -143,6 +154,11 @@ class SQLCache(BaseCache):
         self.max_bytes = _positive("max_bytes", max_bytes)
         self.prune_every = _positive("prune_every", prune_every)
         self.batch_size = _positive("batch_size", batch_size) or DEFAULT_BATCH_SIZE
+        if on_error not in ("warn", "raise"):
+            msg = f"on_error must be 'warn' or 'raise', not {on_error!r}"
+            raise ConfigurationError(msg)
+        self.on_error = on_error
+        self._failures = FailureLog()
         self._hits = HitBuffer() if record_hits else None
         self._writes = itertools.count(1)
         self._engines: EnginePair[Engine] | None = None
@@ -167,8 +183,10 @@ class SQLCache(BaseCache):
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
-        with self._ready_engines().reader.connect() as connection:
-            rows = lookup_rows(connection, key_hash, now)
+        try:
+            rows = self._read(lookup_rows, key_hash, now)
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("lookup", exc, None)
         value = decode_generations(rows, key_hash=key_hash)
         if value is not None and self._hits is not None:
             self._flush_hits(self._hits.add(key_hash, now))
@@ -177,8 +195,10 @@ class SQLCache(BaseCache):
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
-        async with (await self._ready_async_engines()).reader.connect() as connection:
-            rows = await connection.run_sync(lookup_rows, key_hash, now)
+        try:
+            rows = await self._aread(lookup_rows, key_hash, now)
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("lookup", exc, None)
         value = decode_generations(rows, key_hash=key_hash)
         if value is not None and self._hits is not None:
             await self._aflush_hits(self._hits.add(key_hash, now))
@@ -196,16 +216,22 @@ class SQLCache(BaseCache):
 
         """
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-        self._write(write_value, entry_row, generation_rows)
-        if self._prune_due():
-            self._write(prune_batch, *self._prune_arguments())
+        try:
+            self._write(write_value, entry_row, generation_rows)
+            if self._prune_due():
+                self._write(prune_batch, *self._prune_arguments())
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            self._failed("update", exc, None)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-        await self._awrite(write_value, entry_row, generation_rows)
-        if self._prune_due():
-            await self._awrite(prune_batch, *self._prune_arguments())
+        try:
+            await self._awrite(write_value, entry_row, generation_rows)
+            if self._prune_due():
+                await self._awrite(prune_batch, *self._prune_arguments())
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            self._failed("update", exc, None)
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this namespace's entries, in batches; other namespaces are kept.
@@ -221,24 +247,38 @@ class SQLCache(BaseCache):
 
         """
         filters = self._clear_filters(kwargs)
-        while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
-            pass
+        try:
+            while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
+                pass
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            self._failed("clear", exc, None)
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async :meth:`clear`, on the async engine."""
         filters = self._clear_filters(kwargs)
-        while await self._awrite(clear_batch, self._escaped_namespace, filters, self.batch_size):
-            pass
+        try:
+            while await self._awrite(
+                clear_batch, self._escaped_namespace, filters, self.batch_size
+            ):
+                pass
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            self._failed("clear", exc, None)
 
     # -- lifecycle and stats ---------------------------------------------------------------
 
     def delete(self, prompt: str, llm_string: str) -> bool:
-        """Delete one entry; return whether it existed."""
-        return self._write(delete_value, self._key_hash(prompt, llm_string)) > 0
+        """Delete one entry; return whether it existed (False when the database failed)."""
+        try:
+            return self._write(delete_value, self._key_hash(prompt, llm_string)) > 0
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("delete", exc, False)
 
     async def adelete(self, prompt: str, llm_string: str) -> bool:
         """Async :meth:`delete`, on the async engine."""
-        return await self._awrite(delete_value, self._key_hash(prompt, llm_string)) > 0
+        try:
+            return await self._awrite(delete_value, self._key_hash(prompt, llm_string)) > 0
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("delete", exc, False)
 
     def prune(self) -> int:
         """Delete expired entries, then the oldest over the caps, in bounded batches.
@@ -248,33 +288,46 @@ class SQLCache(BaseCache):
 
         """
         removed = 0
-        while deleted := self._write(prune_batch, *self._prune_arguments()):
-            removed += deleted
+        try:
+            while deleted := self._write(prune_batch, *self._prune_arguments()):
+                removed += deleted
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("prune", exc, removed)
         return removed
 
     async def aprune(self) -> int:
         """Async :meth:`prune`, on the async engine."""
         removed = 0
-        while deleted := await self._awrite(prune_batch, *self._prune_arguments()):
-            removed += deleted
+        try:
+            while deleted := await self._awrite(prune_batch, *self._prune_arguments()):
+                removed += deleted
+        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
+            return self._failed("prune", exc, removed)
         return removed
 
     def stats(self) -> CacheStats:
         """Entries, generations, bytes, expired entries and hits of this namespace, by model.
 
-        One aggregate query over the namespace's entries (pending hits are written first).
+        One aggregate query over the namespace's entries (pending hits are written first),
+        plus the operations that failed over to a miss or no-op in this process. A health
+        check wants to know when the database is down, so a transient failure raises
+        ``CacheUnavailableError`` here under either policy.
         """
         self._flush_hits(self._hits.take() if self._hits else [])
-        with self._ready_engines().reader.connect() as connection:
-            rows = stats_rows(connection, self._escaped_namespace, _now())
-        return _stats_of(rows)
+        try:
+            rows = self._read(stats_rows, self._escaped_namespace, _now())
+        except Exception as exc:
+            raise self._unavailable("stats", exc) from exc
+        return _stats_of(rows, self._failures.count)
 
     async def astats(self) -> CacheStats:
         """Async :meth:`stats`, on the async engine."""
         await self._aflush_hits(self._hits.take() if self._hits else [])
-        async with (await self._ready_async_engines()).reader.connect() as connection:
-            rows = await connection.run_sync(stats_rows, self._escaped_namespace, _now())
-        return _stats_of(rows)
+        try:
+            rows = await self._aread(stats_rows, self._escaped_namespace, _now())
+        except Exception as exc:
+            raise self._unavailable("stats", exc) from exc
+        return _stats_of(rows, self._failures.count)
 
     def close(self) -> None:
         """Write pending hits; dispose of the sync engines this cache built."""
@@ -347,16 +400,37 @@ class SQLCache(BaseCache):
             return
         try:
             self._write(record_hits, hits)
-        except DBAPIError as exc:  # a lost hit count must never fail a lookup
-            logger.warning("langchain-sqlcache: %d hit counts not written: %s", len(hits), exc)
+        except Exception as exc:  # noqa: BLE001 - a lost hit count never fails a lookup
+            self._failures.record("record hits", exc)
 
     async def _aflush_hits(self, hits: list[dict[str, Any]]) -> None:
         if not hits:
             return
         try:
             await self._awrite(record_hits, hits)
-        except DBAPIError as exc:  # a lost hit count must never fail a lookup
-            logger.warning("langchain-sqlcache: %d hit counts not written: %s", len(hits), exc)
+        except Exception as exc:  # noqa: BLE001 - a lost hit count never fails a lookup
+            self._failures.record("record hits", exc)
+
+    def _failed(self, operation: str, exc: Exception, fallback: T) -> T:
+        """Apply the failure policy to an operation's error.
+
+        A transient failure becomes ``fallback`` (warn) or a CacheUnavailableError (raise);
+        anything else is raised as it is.
+        """
+        if not is_transient(exc):
+            raise exc
+        if self.on_error == "raise":
+            raise self._unavailable(operation, exc) from exc
+        self._failures.record(operation, exc)
+        return fallback
+
+    def _unavailable(self, operation: str, exc: Exception) -> Exception:
+        if not is_transient(exc):
+            return exc
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return CacheUnavailableError(
+            f"{operation} failed, the database is unavailable: {detail[0] if detail else exc!r}"
+        )
 
     def _ready_engines(self) -> EnginePair[Engine]:
         if self._engines is None:
@@ -387,36 +461,58 @@ class SQLCache(BaseCache):
             self._async_engines_ready = True
         return self._async_engines
 
-    def _write(
-        self,
-        operation: Callable[Concatenate[Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
+    def _read(
+        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        engine = self._ready_engines().writer
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        return self._run(False, lambda connection: operation(connection, *args, **kwargs))
+
+    def _write(
+        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return self._run(True, lambda connection: operation(connection, *args, **kwargs))
+
+    async def _aread(
+        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._arun(False, lambda connection: operation(connection, *args, **kwargs))
+
+    async def _awrite(
+        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._arun(True, lambda connection: operation(connection, *args, **kwargs))
+
+    def _run(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
+        """Run on a reader connection, or in a writer transaction.
+
+        Transient failures (a lost pooled connection, a deadlock, a failover) are retried
+        with jittered backoff.
+        """
+        for attempt in range(1, ATTEMPTS + 1):
             try:
-                with engine.begin() as connection:
-                    return operation(connection, *args, **kwargs)
-            except DBAPIError as exc:
-                if attempt == WRITE_ATTEMPTS or not is_retryable(exc):
+                engines = self._ready_engines()
+                if transaction:
+                    with engines.writer.begin() as connection:
+                        return operation(connection)
+                with engines.reader.connect() as connection:
+                    return operation(connection)
+            except Exception as exc:
+                if attempt == ATTEMPTS or not is_transient(exc):
                     raise
             time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _awrite(
-        self,
-        operation: Callable[Concatenate[Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        engine = (await self._ready_async_engines()).writer
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+    async def _arun(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
+        """Async :meth:`_run`: the same operation, driven by run_sync on the async engine."""
+        for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with engine.begin() as connection:
-                    return await connection.run_sync(operation, *args, **kwargs)
-            except DBAPIError as exc:
-                if attempt == WRITE_ATTEMPTS or not is_retryable(exc):
+                engines = await self._ready_async_engines()
+                if transaction:
+                    async with engines.writer.begin() as connection:
+                        return await connection.run_sync(operation)
+                async with engines.reader.connect() as connection:
+                    return await connection.run_sync(operation)
+            except Exception as exc:
+                if attempt == ATTEMPTS or not is_transient(exc):
                     raise
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -426,7 +522,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _stats_of(rows: Sequence[Row[Any]]) -> CacheStats:
+def _stats_of(rows: Sequence[Row[Any]], failures: int) -> CacheStats:
     models = {
         row.llm_model: ModelStats(
             entries=int(row.entries),
@@ -444,6 +540,7 @@ def _stats_of(rows: Sequence[Row[Any]]) -> CacheStats:
         expired=sum(m.expired for m in models.values()),
         hits=sum(m.hits for m in models.values()),
         models=models,
+        failures=failures,
     )
 
 

@@ -64,7 +64,15 @@ namespace_option = click.option(
 
 def _cache(url: str, namespace: str, schema: str | None, **options: Any) -> SQLCache:
     # The CLI never creates tables behind an operator's back: `db upgrade` does that.
-    return SQLCache(url, namespace=namespace, schema=schema, create_tables=False, **options)
+    # An operator wants to hear that the database is down, not a quiet "pruned 0".
+    return SQLCache(
+        url,
+        namespace=namespace,
+        schema=schema,
+        create_tables=False,
+        on_error="raise",
+        **options,
+    )
 
 
 class Age(click.ParamType[timedelta | datetime]):
@@ -180,7 +188,7 @@ def demo(url: str, latency: float) -> None:
     """Run a chat model through the cache twice, sync and async, and show what it did."""
     from langchain_sqlcache import demo as demo_module
 
-    cache = SQLCache(url, namespace=demo_module.NAMESPACE, record_hits=True)
+    cache = SQLCache(url, namespace=demo_module.NAMESPACE, record_hits=True, on_error="raise")
     cache._ready_engines()  # connect (and migrate an empty database) before printing
     click.secho(f"langchain-sqlcache demo on {_shown(url)}", bold=True)
     click.echo(f"A fake chat model that takes {latency * 1000:.0f} ms, asked each prompt twice.\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
+
 
 class SQLCacheError(Exception):
     """Base class of every error raised by langchain-sqlcache."""
@@ -19,20 +21,47 @@ class SchemaError(ConfigurationError):
     """The cache's tables are missing, or at a revision other than the package's head."""
 
 
-# Errors a retry of the whole transaction fixes: deadlocks, serialization failures, lock waits.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-RETRYABLE_MYSQL_CODES = frozenset({1205, 1213})
+class CacheUnavailableError(SQLCacheError):
+    """A transient database failure that retries did not get through.
+
+    Connection lost or refused, timeout, deadlock, failover: raised under
+    ``on_error="raise"``, with the driver's error chained.
+    """
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Tell whether a driver error is a transient conflict that a retry resolves."""
-    orig = getattr(exc, "orig", None)
-    if orig is None:
-        return False
+# Transient failures: a retry, a new connection or a little patience fixes them. SQLSTATE
+# classes 08 (connection), 57P0x (shutdown), 40001/40P01 (serialization, deadlock), 55P03
+# (lock not available), 25006 (read-only transaction: a standby after failover), 53300 (too
+# many connections); MySQL's lock wait/deadlock, lost or refused connections, read-only mode.
+TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "25006", "53300", "57P01", "57P02", "57P03"}
+)
+TRANSIENT_MYSQL_CODES = frozenset(
+    {1040, 1053, 1205, 1213, 1290, 1792, 1836, 2002, 2003, 2006, 2013, 2055}
+)
+TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database is busy")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Tell whether an error is a transient database failure (see TRANSIENT_SQLSTATES)."""
+    if isinstance(exc, (sa_exc.TimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return isinstance(exc, OSError)
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in RETRYABLE_SQLSTATES:
+    if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in TRANSIENT_SQLSTATES):
         return True
     args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in RETRYABLE_MYSQL_CODES:
+    if args and isinstance(args[0], int) and args[0] in TRANSIENT_MYSQL_CODES:
         return True
-    return "database is locked" in str(orig)
+    message = str(orig)
+    if any(text in message for text in TRANSIENT_SQLITE_MESSAGES):
+        return True
+    # Drivers that report a refused or dropped connection without a code.
+    return isinstance(orig, (ConnectionError, OSError)) or (
+        "connection" in message.lower()
+        and (isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)))
+    )

@@ -1,0 +1,165 @@
+"""The failure policy: a cache outage is a slower app, not a broken one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.outputs import Generation
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from langchain_sqlcache import CacheUnavailableError, SchemaError, SQLCache
+from langchain_sqlcache.engines import driver_urls
+from langchain_sqlcache.errors import is_transient
+from tests.conftest import Backend, sync_engine, unique_namespace
+
+LLM = "failure-llm"
+VALUE = [Generation(text="kept")]
+# Port 9 (discard) on loopback: nothing listens, connections are refused at once.
+DEAD = {
+    "postgresql": "postgresql://postgres@127.0.0.1:9/test",
+    "mysql": "mysql://root@127.0.0.1:9/test",
+}
+
+
+@pytest.fixture
+def half_dead(backend: Backend) -> Iterator[SQLCache]:
+    """A cache whose sync family works and whose async family's server is down."""
+    if backend.name == "sqlite":
+        dead_url = "postgresql://postgres@127.0.0.1:9/test"
+    else:
+        dead_url = DEAD[backend.name]
+    live = create_engine(driver_urls(make_url(backend.url))[0])
+    dead = create_async_engine(driver_urls(make_url(dead_url))[1])
+    cache = SQLCache(engine=live, async_engine=dead, namespace=unique_namespace())
+    yield cache
+    cache.clear()
+    live.dispose()
+
+
+async def test_warn_turns_an_outage_into_misses_and_no_ops(
+    half_dead: SQLCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    half_dead.update("p", LLM, VALUE)
+    with caplog.at_level(logging.WARNING, logger="langchain_sqlcache"):
+        for _ in range(3):
+            assert await half_dead.alookup("p", LLM) is None
+            await half_dead.aupdate("q", LLM, VALUE)
+        await half_dead.aclear()
+        assert await half_dead.adelete("p", LLM) is False
+        assert await half_dead.aprune() == 0
+    # Counted, and logged once rather than once per call.
+    assert half_dead.stats().failures == 9
+    warnings = [r for r in caplog.records if "failed over" in r.getMessage()]
+    assert len(warnings) == 1
+    # Nothing was lost or written by the failed calls.
+    assert half_dead.lookup("p", LLM) == VALUE
+    assert half_dead.lookup("q", LLM) is None
+
+
+async def test_raise_policy_raises_cache_unavailable(backend: Backend) -> None:
+    dead = DEAD.get(backend.name, DEAD["postgresql"])
+    cache = SQLCache(dead, on_error="raise")
+    for call in (
+        lambda: cache.lookup("p", LLM),
+        lambda: cache.update("p", LLM, VALUE),
+        lambda: cache.clear(),
+        lambda: cache.stats(),
+    ):
+        with pytest.raises(CacheUnavailableError, match="unavailable") as raised:
+            call()
+        assert isinstance(raised.value.__cause__, DBAPIError)
+    with pytest.raises(CacheUnavailableError):
+        await cache.alookup("p", LLM)
+    await cache.aclose()
+
+
+async def test_stats_raise_under_warn_too() -> None:
+    cache = SQLCache(DEAD["postgresql"])
+    assert cache.lookup("p", LLM) is None
+    with pytest.raises(CacheUnavailableError):
+        cache.stats()
+    with pytest.raises(CacheUnavailableError):
+        await cache.astats()
+    await cache.aclose()
+
+
+async def test_configuration_errors_raise_under_warn(empty_db: str) -> None:
+    cache = SQLCache(empty_db, create_tables=False)
+    with pytest.raises(SchemaError):
+        cache.lookup("p", LLM)
+    with pytest.raises(SchemaError):
+        await cache.aupdate("p", LLM, VALUE)
+    await cache.aclose()
+
+
+def kill_connections(backend: Backend, database_url: str) -> int:
+    """Kill, server-side, every connection to the database but our own."""
+    database = make_url(database_url).database
+    engine = sync_engine(backend.url)
+    with engine.connect() as connection:
+        if backend.name == "postgresql":
+            killed = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            ).scalar_one()
+        else:
+            ids = connection.execute(
+                text(
+                    "SELECT id FROM information_schema.processlist "
+                    "WHERE db = :db AND id <> CONNECTION_ID()"
+                ),
+                {"db": database},
+            ).scalars()
+            killed = 0
+            for connection_id in list(ids):
+                connection.execute(text(f"KILL {int(connection_id)}"))
+                killed += 1
+    engine.dispose()
+    return int(killed)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+async def test_killed_connections_are_replaced(backend: Backend, empty_db: str) -> None:
+    cache = SQLCache(empty_db, namespace="killed")
+    cache.update("p", LLM, VALUE)
+    assert await cache.alookup("p", LLM) == VALUE
+    for _ in range(3):
+        assert kill_connections(backend, empty_db) >= 2
+        # The pooled connections are dead; the next operations reconnect and succeed.
+        assert cache.lookup("p", LLM) == VALUE
+        assert await cache.alookup("p", LLM) == VALUE
+        cache.update("p", LLM, VALUE)
+        await cache.aupdate("p", LLM, VALUE)
+    assert cache.stats().failures == 0
+    await cache.aclose()
+
+
+def test_transient_errors_are_recognised() -> None:
+    class Driver(Exception):
+        def __init__(self, *args: object, sqlstate: str | None = None) -> None:
+            super().__init__(*args)
+            self.sqlstate = sqlstate
+
+    def wrapped(orig: Exception) -> DBAPIError:
+        return OperationalError("SELECT 1", {}, orig)
+
+    assert is_transient(wrapped(Driver("deadlock", sqlstate="40P01")))
+    assert is_transient(wrapped(Driver("read-only", sqlstate="25006")))
+    assert is_transient(wrapped(Driver("admin shutdown", sqlstate="57P01")))
+    assert is_transient(wrapped(Driver("conn", sqlstate="08006")))
+    assert is_transient(wrapped(Driver(1213, "Deadlock found")))
+    assert is_transient(wrapped(Driver(2013, "Lost connection")))
+    assert is_transient(wrapped(Driver("database is locked")))
+    assert is_transient(ConnectionRefusedError())
+    assert not is_transient(wrapped(Driver("syntax", sqlstate="42601")))
+    assert not is_transient(wrapped(Driver(1146, "Table doesn't exist")))
+    assert not is_transient(wrapped(Driver("no such table: llm_cache_entry")))
+    assert not is_transient(ValueError("not a database error"))
