@@ -25,12 +25,13 @@ from langchain_sqlcache.engines import (
     names_async_driver,
     resolve_url,
 )
+from langchain_sqlcache.errors import checked_identifier
 from langchain_sqlcache.migrations import VERSION_TABLE, acquire_lock, is_cache_name, release_lock
 from langchain_sqlcache.models import metadata
 
 config = context.config
 x_arguments = context.get_x_argument(as_dictionary=True)
-schema: str | None = x_arguments.get("schema") or config.attributes.get("schema")
+schema = checked_identifier(x_arguments.get("schema") or config.attributes.get("schema"))
 
 
 def database_url() -> str | None:

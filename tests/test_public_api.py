@@ -38,6 +38,7 @@ def test_constructor_signature() -> None:
         "prune_every",
         "batch_size",
         "on_error",
+        "key_secret",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

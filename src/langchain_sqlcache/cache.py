@@ -24,6 +24,8 @@ from langchain_sqlcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     MissingEngineError,
+    ValueTooLargeError,
+    checked_identifier,
     is_transient,
 )
 from langchain_sqlcache.hits import FailureLog, HitBuffer
@@ -111,6 +113,11 @@ class SQLCache(BaseCache):
             deadlock, failover), after retries, does: ``"warn"`` makes a lookup a miss and a
             write a no-op, logged (rate-limited) and counted in ``stats().failures``;
             ``"raise"`` raises ``CacheUnavailableError``. Configuration errors always raise.
+            A value too large for the server (MySQL's max_allowed_packet) is skipped under
+            ``"warn"`` and raises ``ValueTooLargeError`` under ``"raise"``.
+        key_secret: Key entries with HMAC-SHA-256 under this secret instead of plain
+            SHA-256, so that readers of the table cannot confirm a guessed prompt. Caches
+            sharing tables must share the secret; changing it orphans existing entries.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -132,6 +139,7 @@ class SQLCache(BaseCache):
         prune_every: int | None = DEFAULT_PRUNE_EVERY,
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_error: Literal["warn", "raise"] = "warn",
+        key_secret: str | bytes | None = None,
         **engine_kwargs: Any,
     ) -> None:
         if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
@@ -147,7 +155,8 @@ class SQLCache(BaseCache):
             msg = f"engine options {sorted(engine_kwargs)} need a url to build engines from"
             raise ConfigurationError(msg)
         self.namespace = namespace
-        self.schema = schema
+        self.schema = checked_identifier(schema)
+        self._key_secret = key_secret.encode() if isinstance(key_secret, str) else key_secret
         self.create_tables = create_tables
         self.ttl = _positive_duration(ttl)
         self.max_entries = _positive("max_entries", max_entries)
@@ -347,7 +356,7 @@ class SQLCache(BaseCache):
     # -- shared by the sync and async paths ------------------------------------------------
 
     def _key_hash(self, prompt: str, llm_string: str) -> str:
-        return entry_key(self.namespace, prompt, llm_string)
+        return entry_key(self.namespace, prompt, llm_string, self._key_secret)
 
     def _encode(
         self, prompt: str, llm_string: str, return_val: Sequence[Any]
@@ -361,6 +370,7 @@ class SQLCache(BaseCache):
             created_at=now,
             updated_at=now,
             expires_at=now + self.ttl if self.ttl else None,
+            secret=self._key_secret,
         )
 
     def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -412,6 +422,9 @@ class SQLCache(BaseCache):
             self._failures.record("record hits", exc)
 
     def _failed(self, operation: str, exc: Exception, fallback: T) -> T:
+        if isinstance(exc, ValueTooLargeError) and self.on_error == "warn":
+            self._failures.record(operation, exc)
+            return fallback
         """Apply the failure policy to an operation's error.
 
         A transient failure becomes ``fallback`` (warn) or a CacheUnavailableError (raise);

@@ -9,6 +9,7 @@ with a logged warning.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -73,13 +74,18 @@ MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
 ESCAPE_MARKER = "\ufdd0"
 
 
-def entry_key(namespace: str, prompt: str, llm_string: str) -> str:
-    """Return the hex SHA-256 that identifies an entry.
+def entry_key(namespace: str, prompt: str, llm_string: str, secret: bytes | None = None) -> str:
+    """Return the hex SHA-256 (or HMAC-SHA-256 with ``secret``) that identifies an entry.
 
     Each part is length-prefixed, so ("ab", "c") and ("a", "bc") never share a key, and the
-    format version is hashed first, so a future encoding cannot collide with this one.
+    format version is hashed first, so a future encoding cannot collide with this one. With
+    a secret, someone who can read the table cannot confirm a guessed prompt by hashing it.
     """
-    digest = hashlib.sha256(KEY_FORMAT_VERSION)
+    digest = (
+        hmac.new(secret, KEY_FORMAT_VERSION, hashlib.sha256)
+        if secret is not None
+        else hashlib.sha256(KEY_FORMAT_VERSION)
+    )
     for part in (namespace, prompt, llm_string):
         data = part.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "big"))
@@ -245,11 +251,12 @@ def encode_entry(
     created_at: datetime,
     updated_at: datetime,
     expires_at: datetime | None,
+    secret: bytes | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The entry row and generation rows that store ``return_val`` under its key."""
     generation_rows, value_size = encode_generations(return_val)
     entry_row = {
-        "key_hash": entry_key(namespace, prompt, llm_string),
+        "key_hash": entry_key(namespace, prompt, llm_string, secret),
         "namespace": escape_text(namespace),
         "prompt": escape_text(prompt),
         "llm_string": escape_text(llm_string),

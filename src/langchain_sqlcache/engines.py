@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -90,8 +90,10 @@ def engine_defaults(url: URL) -> dict[str, Any]:
     backend = url.get_backend_name()
     if backend in ("mysql", "mariadb"):
         # REPEATABLE READ takes gap locks on the generation rows an update deletes, which
-        # deadlocks concurrent writers of neighbouring keys; READ COMMITTED does not.
-        return {"isolation_level": "READ COMMITTED"}
+        # deadlocks concurrent writers of neighbouring keys; READ COMMITTED does not. Pooled
+        # connections are renewed before MySQL's idle timeout (wait_timeout, 8 h by default,
+        # often lowered to an hour or less) closes them.
+        return {"isolation_level": "READ COMMITTED", "pool_recycle": 1800}
     if backend == "sqlite":
         # Wait for a writer rather than fail with "database is locked" at once.
         return {"connect_args": {"timeout": 30}}
@@ -208,6 +210,20 @@ def names_async_driver(url: URL) -> bool:
 def _configure(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """Make the pool replace a connection that turned read-only (SQLSTATE 25006).
+
+    After a failover a pooled connection may point at a standby that refuses writes; kept,
+    it would fail every write that draws it.
+    """
+    orig = context.original_exception
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate == "25006":
+        context.is_disconnect = True
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import exc as sa_exc
 
 
@@ -15,6 +17,30 @@ class ConfigurationError(SQLCacheError, ValueError):
 
 class MissingEngineError(ConfigurationError):
     """A sync or async method was called but the cache has no engine of that family."""
+
+
+class IdentifierError(ConfigurationError):
+    """A schema (or other SQL identifier) that is not a plain name."""
+
+
+class ValueTooLargeError(SQLCacheError, ValueError):
+    """A value larger than the server accepts in one statement (MySQL's max_allowed_packet)."""
+
+
+# A plain SQL name: letters, digits, underscore, dollar; no quotes, spaces or punctuation.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def checked_identifier(name: str | None, what: str = "schema") -> str | None:
+    """Return ``name`` if it is a plain SQL identifier (or None); else raise IdentifierError.
+
+    SQLAlchemy quotes identifiers anyway; refusing anything else keeps names with quotes,
+    spaces or ``;DROP ...`` from reaching DDL, the version table or an error message.
+    """
+    if name is None or (isinstance(name, str) and IDENTIFIER.fullmatch(name)):
+        return name
+    msg = f"{what} must be a plain SQL name (letters, digits, _ or $), not {name!r}"
+    raise IdentifierError(msg)
 
 
 class SchemaError(ConfigurationError):

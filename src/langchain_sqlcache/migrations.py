@@ -28,7 +28,7 @@ from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, insp
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
-from langchain_sqlcache.errors import SchemaError
+from langchain_sqlcache.errors import SchemaError, checked_identifier
 
 VERSION_TABLE = "llm_cache_alembic_version"
 CACHE_TABLES = frozenset({"llm_cache_entry", "llm_cache_generation"})
@@ -66,7 +66,7 @@ def make_config(
         # Config values go through ConfigParser interpolation: a % in a password must be %%.
         config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     config.attributes["connection"] = connection
-    config.attributes["schema"] = schema
+    config.attributes["schema"] = checked_identifier(schema)
     return config
 
 

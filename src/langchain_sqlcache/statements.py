@@ -8,6 +8,7 @@ driver without a thread, so each operation exists exactly once.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from langchain_sqlcache.codec import utf8_size
+from langchain_sqlcache.errors import ValueTooLargeError
 from langchain_sqlcache.models import entry_table, generation_table
 
 entry = entry_table
@@ -210,6 +213,8 @@ def write_value(
     if not generation_rows:
         delete_value(connection, entry_row["key_hash"])
         return
+    if statements.upsert_returns_lastrowid:  # MySQL and MariaDB: one packet per statement
+        check_packet_size(connection, entry_row, generation_rows)
     result = connection.execute(statements.upsert_entry, entry_row)
     entry_id = result.lastrowid if statements.upsert_returns_lastrowid else result.scalar_one()
     connection.execute(statements.delete_generations, {"entry_id": entry_id})
@@ -217,6 +222,46 @@ def write_value(
         statements.insert_generations,
         [{**row, "entry_id": entry_id} for row in generation_rows],
     )
+
+
+# Bytes a MySQL statement adds around its values, with room to spare.
+PACKET_OVERHEAD = 4096
+# Characters PyMySQL and aiomysql escape with a backslash when they inline a string.
+ESCAPED_CHARACTERS = "\\'\"\x00\n\r\x1a"
+
+
+def check_packet_size(
+    connection: Connection, entry_row: dict[str, Any], generation_rows: list[dict[str, Any]]
+) -> None:
+    """Refuse, before sending, a row larger than the server's max_allowed_packet.
+
+    Sent anyway, the server would drop the connection mid-statement. The limit is read once
+    per pooled connection.
+    """
+    info = connection.connection.info
+    if "max_allowed_packet" not in info:
+        limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
+        info["max_allowed_packet"] = int(limit)
+    limit = info["max_allowed_packet"]
+    largest = max(
+        _wire_size(entry_row["prompt"]) + _wire_size(entry_row["llm_string"]),
+        *(
+            _wire_size(row["text"])
+            + _wire_size(json.dumps(row["generation_info"]))
+            + _wire_size(json.dumps(row["message"]))
+            for row in generation_rows
+        ),
+    )
+    if largest + PACKET_OVERHEAD > limit:
+        msg = (
+            f"a row of about {largest:,} bytes exceeds the server's max_allowed_packet "
+            f"({limit:,} bytes); not sent"
+        )
+        raise ValueTooLargeError(msg)
+
+
+def _wire_size(value: str) -> int:
+    return utf8_size(value) + sum(value.count(c) for c in ESCAPED_CHARACTERS)
 
 
 def delete_value(connection: Connection, key_hash: str) -> int:

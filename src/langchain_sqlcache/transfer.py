@@ -177,6 +177,7 @@ def _values_of(
         created_at=_aware(record["created_at"]),
         updated_at=_aware(record["updated_at"]),
         expires_at=_aware(expires) if expires else None,
+        secret=cache._key_secret,
     )
     entry_row["hit_count"] = int(record.get("hit_count") or 0)
     last_hit = record.get("last_hit_at")

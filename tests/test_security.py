@@ -1,0 +1,130 @@
+"""Identifiers, keyed hashes, oversize values and failover, on the backends they concern."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from langchain_core.outputs import Generation
+from sqlalchemy import event, text
+
+from langchain_sqlcache import SQLCache
+from langchain_sqlcache.cli import EXIT_ERROR, main
+from langchain_sqlcache.codec import KEY_FORMAT_VERSION, entry_key
+from langchain_sqlcache.errors import IdentifierError, ValueTooLargeError
+from tests.conftest import Backend, sync_engine, unique_namespace
+
+LLM = "security-llm"
+VALUE = [Generation(text="v")]
+HOSTILE_NAMES = ['x"; DROP TABLE sqlcache_sentinel; --', "two words", "quote'd", "a.b", ""]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_schema_names_are_refused_and_nothing_is_dropped(
+    backend: Backend, name: str
+) -> None:
+    engine = sync_engine(backend.url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE IF NOT EXISTS sqlcache_sentinel (id INTEGER)"))
+    try:
+        with pytest.raises(IdentifierError):
+            SQLCache(backend.url, schema=name)
+        result = CliRunner().invoke(main, ["db", "upgrade", "--url", backend.url, "--schema", name])
+        assert result.exit_code == EXIT_ERROR
+        assert "plain SQL name" in result.stderr
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM sqlcache_sentinel")).scalar() == 0
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE sqlcache_sentinel"))
+        engine.dispose()
+
+
+def test_keys_are_domain_separated_and_can_be_keyed() -> None:
+    plain = entry_key("ns", "prompt", "llm")
+    keyed = entry_key("ns", "prompt", "llm", b"secret")
+    assert plain != keyed
+    assert (
+        plain
+        == hashlib.sha256(
+            KEY_FORMAT_VERSION
+            + b"".join(len(p).to_bytes(8, "big") + p for p in (b"ns", b"prompt", b"llm"))
+        ).hexdigest()
+    )
+    assert (
+        keyed
+        == hmac.new(
+            b"secret",
+            KEY_FORMAT_VERSION
+            + b"".join(len(p).to_bytes(8, "big") + p for p in (b"ns", b"prompt", b"llm")),
+            hashlib.sha256,
+        ).hexdigest()
+    )
+
+
+async def test_a_keyed_cache_does_not_share_entries_with_a_plain_one(backend: Backend) -> None:
+    namespace = unique_namespace()
+    plain = SQLCache(backend.url, namespace=namespace)
+    keyed = SQLCache(backend.url, namespace=namespace, key_secret="s3cret")
+    try:
+        keyed.update("p", LLM, VALUE)
+        assert keyed.lookup("p", LLM) == VALUE
+        assert await keyed.alookup("p", LLM) == VALUE
+        assert plain.lookup("p", LLM) is None
+    finally:
+        keyed.clear()
+        plain.close()
+        await keyed.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+async def test_values_over_max_allowed_packet_are_refused_before_sending(
+    backend: Backend,
+) -> None:
+    huge = [Generation(text="x" * (70 << 20))]  # over MySQL's 64 MiB packet
+    warn = SQLCache(backend.url, namespace=unique_namespace())
+    strict = SQLCache(backend.url, namespace=unique_namespace(), on_error="raise")
+    try:
+        warn.update("big", LLM, huge)  # skipped, counted, no exception
+        await warn.aupdate("big", LLM, huge)
+        assert warn.lookup("big", LLM) is None
+        assert warn.stats().failures == 2
+        warn.update("small", LLM, VALUE)  # the connection is still usable
+        assert warn.lookup("small", LLM) == VALUE
+        with pytest.raises(ValueTooLargeError, match="max_allowed_packet"):
+            strict.update("big", LLM, huge)
+        with pytest.raises(ValueTooLargeError):
+            await strict.aupdate("big", LLM, huge)
+    finally:
+        warn.clear()
+        await warn.aclose()
+        await strict.aclose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_connection_turned_read_only_is_replaced(backend: Backend) -> None:
+    cache = SQLCache(backend.url, namespace=unique_namespace(), pool_size=1, max_overflow=0)
+    assert cache._engines is not None
+    cache.lookup("warm up", LLM)
+    cache._engines.writer.dispose()
+    connections: list[Any] = []
+
+    @event.listens_for(cache._engines.writer, "connect")
+    def first_one_is_a_standby(dbapi_connection: Any, _record: Any) -> None:
+        # As after a failover: the first connection lands on a read-only standby.
+        if not connections:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            dbapi_connection.commit()
+        connections.append(dbapi_connection)
+
+    cache.update("p", LLM, VALUE)
+    assert cache.lookup("p", LLM) == VALUE
+    assert len(connections) == 2  # the read-only one was thrown away, not retried forever
+    assert cache.stats().failures == 0
+    cache.clear()
+    cache.close()
