@@ -169,6 +169,8 @@ class SQLCache(BaseCache):
         self.on_error = on_error
         self._failures = FailureLog()
         self._hits = HitBuffer() if record_hits else None
+        # Operations whose caller was cancelled, finishing on their own (see _arun).
+        self._background: set[asyncio.Future[Any]] = set()
         self._writes = itertools.count(1)
         self._engines: EnginePair[Engine] | None = None
         self._async_engines: EnginePair[AsyncEngine] | None = None
@@ -186,6 +188,7 @@ class SQLCache(BaseCache):
         self._ready_lock = threading.Lock()
         self._engines_ready = False
         self._async_engines_ready = False
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     # -- the BaseCache contract ------------------------------------------------------------
 
@@ -346,7 +349,11 @@ class SQLCache(BaseCache):
             engine.dispose()
 
     async def aclose(self) -> None:
-        """Write pending hits; dispose of every engine this cache built."""
+        """Dispose of every engine this cache built, once pending work is done.
+
+        Operations of cancelled callers finish first, then pending hits are written.
+        """
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._async_engines is not None and self._hits is not None:
             await self._aflush_hits(self._hits.take())
         for engine in self._async_engines.owned if self._async_engines else ():
@@ -463,6 +470,16 @@ class SQLCache(BaseCache):
             raise MissingEngineError(
                 _missing_engine_message("async", "async_engine", "create_async_engine")
             )
+        loop = asyncio.get_running_loop()
+        if loop is not self._async_loop:
+            # Async drivers bind a connection to the event loop that opened it: connections
+            # pooled under an earlier loop (an earlier asyncio.run()) cannot serve this one,
+            # so the pools this cache built start afresh (dropped, not closed: their loop is
+            # gone).
+            if self._async_loop is not None:
+                for engine in self._async_engines.owned:
+                    await engine.dispose(close=False)
+            self._async_loop = loop
         if not self._async_engines_ready:
             # Tasks that race here each run the check (the migration itself serializes on a
             # database lock); no lock is held across an await, so the cache stays usable from
@@ -515,7 +532,27 @@ class SQLCache(BaseCache):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _arun(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
-        """Async :meth:`_run`: the same operation, driven by run_sync on the async engine."""
+        """Async :meth:`_run`: the same operation, driven by run_sync on the async engine.
+
+        The database work is shielded from the caller's cancellation: a cancelled caller
+        gets its CancelledError at once, while the operation finishes on its own, so its
+        transaction ends (a value is written whole or not at all) and its connection goes
+        back to the pool instead of being abandoned mid-statement.
+        """
+        work = asyncio.ensure_future(self._arun_unshielded(transaction, operation))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self._background.add(work)
+            work.add_done_callback(self._finished_in_background)
+            raise
+
+    def _finished_in_background(self, work: asyncio.Future[Any]) -> None:
+        self._background.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            self._failures.record("cancelled operation", work.exception() or Exception())
+
+    async def _arun_unshielded(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 engines = await self._ready_async_engines()
