@@ -13,7 +13,7 @@ from sqlalchemy import text
 from langchain_sqlcache import SQLCache
 from tests.conftest import Backend, sync_engine
 
-CANCELLATIONS_WANTED = 150
+CANCELLATIONS_WANTED = 100
 OPERATIONS = 1000
 LLM = "cancel-llm"
 
@@ -54,7 +54,10 @@ async def test_random_cancellations(empty_db: str, backend: Backend) -> None:
             task = asyncio.ensure_future(
                 cache.aupdate(key, LLM, value_of(operation, rng.randrange(1, 5)))
             )
-        await asyncio.sleep(rng.random() * 0.02)
+        # Cancel after a random number of event-loop turns (not a wall-clock delay), so
+        # that cancellations land mid-flight however fast the database answers.
+        for _ in range(rng.randrange(300)):
+            await asyncio.sleep(0)
         if not task.done():
             task.cancel()
         try:
@@ -66,7 +69,7 @@ async def test_random_cancellations(empty_db: str, backend: Backend) -> None:
     for engine in (cache._async_engines.writer, cache._async_engines.reader):
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     print(f"{backend.name}: {cancelled} of {OPERATIONS} operations cancelled")
-    assert cancelled >= CANCELLATIONS_WANTED // 2
+    assert cancelled >= CANCELLATIONS_WANTED
     for k in range(20):  # every value is whole: one writer's generations, all of them
         value = await cache.alookup(f"p{k}", LLM)
         if value is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -163,3 +164,37 @@ def test_transient_errors_are_recognised() -> None:
     assert not is_transient(wrapped(Driver(1146, "Table doesn't exist")))
     assert not is_transient(wrapped(Driver("no such table: llm_cache_entry")))
     assert not is_transient(ValueError("not a database error"))
+
+
+async def test_more_callers_than_the_pool_holds_wait_a_bounded_time(backend: Backend) -> None:
+    cache = SQLCache(
+        backend.url,
+        namespace=unique_namespace(),
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=0.2,
+    )
+    cache.update("p", LLM, VALUE)
+    await cache.aupdate("p", LLM, VALUE)
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    # Hold every connection of both families, as callers stuck elsewhere would (MySQL's
+    # lookups have a pool of their own).
+    held = [cache._engines.writer.connect()]
+    held_async = [await cache._async_engines.writer.connect()]
+    if cache._engines.reader.pool is not cache._engines.writer.pool:
+        held.append(cache._engines.reader.connect())
+        held_async.append(await cache._async_engines.reader.connect())
+    started = time.perf_counter()
+    assert cache.lookup("p", LLM) is None  # waited, then failed over to a miss
+    assert await cache.alookup("p", LLM) is None
+    waited = time.perf_counter() - started
+    assert waited < 10  # bounded: pool_timeout per attempt, a few attempts
+    for connection in held:
+        connection.close()
+    for async_connection in held_async:
+        await async_connection.close()
+    assert cache.lookup("p", LLM) == VALUE
+    assert cache.stats().failures == 2
+    cache.clear()
+    await cache.aclose()
