@@ -121,7 +121,7 @@ async def test_max_bytes_evicts_the_oldest_until_under(
         await put(cache, family, f"p{i}", LLM, [Generation(text="x" * 1000)])
     sizes = [row.size_bytes for row in entry_rows(backend, cache)]
     assert all(size >= 1000 + len(LLM) for size in sizes)
-    capped = SQLCache(cache._url, namespace=cache.namespace, max_bytes=sum(sizes[:3]))
+    capped = SQLCache(backend.url, namespace=cache.namespace, max_bytes=sum(sizes[:3]))
     try:
         assert (capped.prune() if family == "sync" else await capped.aprune()) == 3
     finally:

@@ -24,6 +24,7 @@ from langchain_sqlcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     MissingEngineError,
+    SQLCacheError,
     ValueTooLargeError,
     checked_identifier,
     is_transient,
@@ -175,7 +176,6 @@ class SQLCache(BaseCache):
         self._engines: EnginePair[Engine] | None = None
         self._async_engines: EnginePair[AsyncEngine] | None = None
         parsed = resolve_url(url) if url is not None else None
-        self._url = parsed
         if engine is not None:
             self._engines = given_pair(engine, schema)
         elif parsed is not None:
@@ -329,6 +329,8 @@ class SQLCache(BaseCache):
         try:
             rows = self._read(stats_rows, self._escaped_namespace, _now())
         except Exception as exc:
+            if not is_transient(exc):
+                raise
             raise self._unavailable("stats", exc) from exc
         return _stats_of(rows, self._failures.count)
 
@@ -338,6 +340,8 @@ class SQLCache(BaseCache):
         try:
             rows = await self._aread(stats_rows, self._escaped_namespace, _now())
         except Exception as exc:
+            if not is_transient(exc):
+                raise
             raise self._unavailable("stats", exc) from exc
         return _stats_of(rows, self._failures.count)
 
@@ -429,24 +433,22 @@ class SQLCache(BaseCache):
             self._failures.record("record hits", exc)
 
     def _failed(self, operation: str, exc: Exception, fallback: T) -> T:
-        if isinstance(exc, ValueTooLargeError) and self.on_error == "warn":
-            self._failures.record(operation, exc)
-            return fallback
         """Apply the failure policy to an operation's error.
 
-        A transient failure becomes ``fallback`` (warn) or a CacheUnavailableError (raise);
-        anything else is raised as it is.
+        A transient failure, or a value too large for the server, becomes ``fallback``
+        (warn) or is raised (raise: our own errors as they are, driver errors as
+        CacheUnavailableError); anything else is raised as it is.
         """
-        if not is_transient(exc):
+        if not (is_transient(exc) or isinstance(exc, ValueTooLargeError)):
             raise exc
-        if self.on_error == "raise":
-            raise self._unavailable(operation, exc) from exc
-        self._failures.record(operation, exc)
-        return fallback
+        if self.on_error == "warn":
+            self._failures.record(operation, exc)
+            return fallback
+        if isinstance(exc, SQLCacheError):
+            raise exc
+        raise self._unavailable(operation, exc) from exc
 
-    def _unavailable(self, operation: str, exc: Exception) -> Exception:
-        if not is_transient(exc):
-            return exc
+    def _unavailable(self, operation: str, exc: Exception) -> CacheUnavailableError:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         return CacheUnavailableError(
             f"{operation} failed, the database is unavailable: {detail[0] if detail else exc!r}"
@@ -459,9 +461,7 @@ class SQLCache(BaseCache):
             with self._ready_lock:
                 if not self._engines_ready:
                     with self._engines.writer.connect() as connection:
-                        ensure_schema(
-                            connection, self.schema, create=self.create_tables, url=self._url
-                        )
+                        ensure_schema(connection, self.schema, create=self.create_tables)
                     self._engines_ready = True
         return self._engines
 
@@ -485,9 +485,7 @@ class SQLCache(BaseCache):
             # database lock); no lock is held across an await, so the cache stays usable from
             # successive event loops.
             async with self._async_engines.writer.connect() as connection:
-                await connection.run_sync(
-                    ensure_schema, self.schema, create=self.create_tables, url=self._url
-                )
+                await connection.run_sync(ensure_schema, self.schema, create=self.create_tables)
             self._async_engines_ready = True
         return self._async_engines
 

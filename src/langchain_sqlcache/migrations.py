@@ -22,7 +22,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select, text
 from sqlalchemy.engine import URL, make_url
@@ -136,10 +135,7 @@ def current(target: Target, *, schema: str | None = None) -> str | None:
 
 
 def _current_of(connection: Connection, schema: str | None) -> str | None:
-    context = MigrationContext.configure(
-        connection, opts={"version_table": VERSION_TABLE, "version_table_schema": schema}
-    )
-    return context.get_current_revision()
+    return read_state(connection, schema).revision
 
 
 @dataclass(frozen=True)
@@ -179,9 +175,7 @@ def upgrade_command(url: str | URL | None, schema: str | None) -> str:
     return f"langchain-sqlcache db upgrade --url '{shown}'{schema_option}"
 
 
-def ensure_schema(
-    connection: Connection, schema: str | None, *, create: bool, url: URL | None
-) -> None:
+def ensure_schema(connection: Connection, schema: str | None, *, create: bool) -> None:
     """Make sure the cache's tables are at the installed package's head revision.
 
     An empty database is migrated to head when ``create`` is true. A database at another
@@ -191,7 +185,7 @@ def ensure_schema(
     state = read_state(connection, schema)
     if state.revision == head:
         return
-    fix = upgrade_command(url or connection.engine.url, schema)
+    fix = upgrade_command(connection.engine.url, schema)
     if state.revision is None and not state.tables_exist:
         if not create:
             msg = f"the cache's tables do not exist (create_tables=False); run: {fix}"
