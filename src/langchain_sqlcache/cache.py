@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
@@ -119,6 +121,10 @@ class SQLCache(BaseCache):
         key_secret: Key entries with HMAC-SHA-256 under this secret instead of plain
             SHA-256, so that readers of the table cannot confirm a guessed prompt. Caches
             sharing tables must share the secret; changing it orphans existing entries.
+        transaction_pooler: The Postgres URL points at PgBouncer (or a pooler like it) in
+            transaction mode: psycopg and asyncpg then use no named prepared statement that a
+            later transaction, served by another server connection, would miss or find taken.
+            Run migrations against Postgres itself.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -141,6 +147,7 @@ class SQLCache(BaseCache):
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_error: Literal["warn", "raise"] = "warn",
         key_secret: str | bytes | None = None,
+        transaction_pooler: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
@@ -152,8 +159,9 @@ class SQLCache(BaseCache):
             raise ConfigurationError(msg)
         if url is None and engine is None and async_engine is None:
             url = resolve_url(None)
-        if url is None and engine_kwargs:
-            msg = f"engine options {sorted(engine_kwargs)} need a url to build engines from"
+        if url is None and (engine_kwargs or transaction_pooler):
+            options = sorted(engine_kwargs) + (["transaction_pooler"] if transaction_pooler else [])
+            msg = f"engine options {options} need a url to build engines from"
             raise ConfigurationError(msg)
         self.namespace = namespace
         self.schema = checked_identifier(schema)
@@ -179,16 +187,33 @@ class SQLCache(BaseCache):
         if engine is not None:
             self._engines = given_pair(engine, schema)
         elif parsed is not None:
-            self._engines = build_pair(create_engine, parsed, engine_kwargs, schema)
+            self._engines = build_pair(
+                create_engine, parsed, engine_kwargs, schema, transaction_pooler=transaction_pooler
+            )
+        # Async drivers bind a connection to the event loop that opened it, so the async
+        # pools this cache builds are per loop (see _loop_engines); the first is built here so
+        # that a missing driver fails now.
+        self._build_async_pair: Callable[[], EnginePair[AsyncEngine]] | None = None
         if async_engine is not None:
             self._async_engines = given_pair(async_engine, schema)
         elif parsed is not None:
-            self._async_engines = build_pair(create_async_engine, parsed, engine_kwargs, schema)
+            self._build_async_pair = functools.partial(
+                build_pair,
+                create_async_engine,
+                parsed,
+                dict(engine_kwargs),
+                schema,
+                transaction_pooler=transaction_pooler,
+            )
+            self._async_engines = self._build_async_pair()
         self._escaped_namespace = escape_text(namespace)
         self._ready_lock = threading.Lock()
         self._engines_ready = False
         self._async_engines_ready = False
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_engines_claimed = False
+        self._loop_pairs: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[EnginePair[AsyncEngine], AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
 
     # -- the BaseCache contract ------------------------------------------------------------
 
@@ -357,11 +382,17 @@ class SQLCache(BaseCache):
 
         Operations of cancelled callers finish first, then pending hits are written.
         """
-        await asyncio.gather(*self._background, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(work for work in self._background if work.get_loop() is loop),
+            return_exceptions=True,
+        )
         if self._async_engines is not None and self._hits is not None:
             await self._aflush_hits(self._hits.take())
-        for engine in self._async_engines.owned if self._async_engines else ():
-            await engine.dispose()
+        # This loop's pools close here; those of other loops close as their loops shut down.
+        if loop in self._loop_pairs:
+            _, closer = self._loop_pairs.pop(loop)
+            await closer.aclose()
         self.close()
 
     # -- shared by the sync and async paths ------------------------------------------------
@@ -470,16 +501,9 @@ class SQLCache(BaseCache):
             raise MissingEngineError(
                 _missing_engine_message("async", "async_engine", "create_async_engine")
             )
-        loop = asyncio.get_running_loop()
-        if loop is not self._async_loop:
-            # Async drivers bind a connection to the event loop that opened it: connections
-            # pooled under an earlier loop (an earlier asyncio.run()) cannot serve this one,
-            # so the pools this cache built start afresh (dropped, not closed: their loop is
-            # gone).
-            if self._async_loop is not None:
-                for engine in self._async_engines.owned:
-                    await engine.dispose(close=False)
-            self._async_loop = loop
+        engines = self._async_engines
+        if self._build_async_pair is not None:
+            engines = await self._loop_engines(self._build_async_pair)
         if not self._async_engines_ready:
             # Tasks that race here each run the check (the migration itself serializes on a
             # database lock); no lock is held across an await, so the cache stays usable from
@@ -487,7 +511,40 @@ class SQLCache(BaseCache):
             async with self._async_engines.writer.connect() as connection:
                 await connection.run_sync(ensure_schema, self.schema, create=self.create_tables)
             self._async_engines_ready = True
-        return self._async_engines
+        return engines
+
+    async def _loop_engines(
+        self, build: Callable[[], EnginePair[AsyncEngine]]
+    ) -> EnginePair[AsyncEngine]:
+        """The pools this cache built for the running event loop.
+
+        Each loop gets its own (the first takes those built by __init__), so the same cache
+        serves successive asyncio.run() calls and loops running side by side in threads.
+        """
+        loop = asyncio.get_running_loop()
+        if loop not in self._loop_pairs:
+            assert self._async_engines is not None  # noqa: S101 - set with the builder
+            pair = build() if self._async_engines_claimed else self._async_engines
+            self._async_engines_claimed = True
+            closer = self._close_on_loop_shutdown(pair.owned)
+            await anext(closer)
+            self._loop_pairs[loop] = (pair, closer)
+        return self._loop_pairs[loop][0]
+
+    @staticmethod
+    async def _close_on_loop_shutdown(engines: Sequence[AsyncEngine]) -> AsyncGenerator[None, None]:
+        """Close the pools on their own loop when it shuts down.
+
+        asyncio.run() (and pytest-asyncio) finalize the async generators still alive on a
+        loop before closing it, and this one's ``finally`` runs there: the pooled connections
+        are closed by the loop that opened them instead of by the garbage collector, after the
+        loop is gone (which drivers such as aiomysql report as errors).
+        """
+        try:
+            yield
+        finally:
+            for engine in engines:
+                await engine.dispose()
 
     def _read(
         self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

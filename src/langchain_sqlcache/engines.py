@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -85,9 +86,17 @@ def _is_async_driver(url: URL) -> bool:
         raise ConfigurationError(msg) from exc
 
 
-def engine_defaults(url: URL) -> dict[str, Any]:
-    """Engine keyword arguments that make a backend safe under concurrent writers."""
+def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, Any]:
+    """Engine keyword arguments that make a backend safe under concurrent writers.
+
+    ``url`` names the driver. With ``transaction_pooler`` (PgBouncer in transaction mode in
+    front of Postgres), the drivers use no named prepared statement that a later transaction,
+    served by another server connection, would miss or find taken.
+    """
     backend = url.get_backend_name()
+    if transaction_pooler and backend != "postgresql":
+        msg = f"transaction_pooler is for Postgres behind PgBouncer, not {backend}"
+        raise ConfigurationError(msg)
     if backend in ("mysql", "mariadb"):
         # REPEATABLE READ takes gap locks on the generation rows an update deletes, which
         # deadlocks concurrent writers of neighbouring keys; READ COMMITTED does not. Pooled
@@ -97,7 +106,31 @@ def engine_defaults(url: URL) -> dict[str, Any]:
     if backend == "sqlite":
         # Wait for a writer rather than fail with "database is locked" at once.
         return {"connect_args": {"timeout": 30}}
+    if transaction_pooler and url.get_driver_name() in ("psycopg", "psycopg_async"):
+        return {"connect_args": {"prepare_threshold": None}}
+    if transaction_pooler and url.get_driver_name() == "asyncpg":
+        # SQLAlchemy's asyncpg dialect prepares every statement: the names must be unique
+        # across all clients of a server connection, and neither cache may keep them.
+        return {
+            "connect_args": {
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _unique_statement_name,
+            }
+        }
     return {}
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def with_defaults(defaults: dict[str, Any], engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The user's engine arguments over the defaults; ``connect_args`` merge key by key."""
+    merged = {**defaults, **engine_kwargs}
+    if "connect_args" in defaults and "connect_args" in engine_kwargs:
+        merged["connect_args"] = {**defaults["connect_args"], **engine_kwargs["connect_args"]}
+    return merged
 
 
 E = TypeVar("E", Engine, AsyncEngine)
@@ -118,11 +151,16 @@ class EnginePair(Generic[E]):
 
 
 def build_pair(
-    factory: Callable[..., E], url: URL, engine_kwargs: dict[str, Any], schema: str | None
+    factory: Callable[..., E],
+    url: URL,
+    engine_kwargs: dict[str, Any],
+    schema: str | None,
+    *,
+    transaction_pooler: bool = False,
 ) -> EnginePair[E]:
     """Build a family's engines from ``url`` with ``factory`` (create_engine or the async one).
 
-    ``engine_kwargs`` override the backend defaults.
+    ``engine_kwargs`` override the backend defaults (see engine_defaults).
     """
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         msg = (
@@ -133,7 +171,8 @@ def build_pair(
         raise ConfigurationError(msg)
     sync_url, async_url = driver_urls(url)
     driver_url = async_url if factory is create_async_engine else sync_url
-    kwargs = {**engine_defaults(url), **engine_kwargs}
+    defaults = engine_defaults(driver_url, transaction_pooler=transaction_pooler)
+    kwargs = with_defaults(defaults, engine_kwargs)
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
         if _autocommit_is_a_round_trip(writer):
@@ -145,6 +184,11 @@ def build_pair(
                 **{**kwargs, "isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True},
             )
             owned: tuple[E, ...] = (writer, reader)
+        elif transaction_pooler and writer.dialect.driver == "asyncpg":
+            # SQLAlchemy's asyncpg dialect prepares a statement, then runs it; outside a
+            # transaction PgBouncer may hand the two to different server connections, so
+            # lookups run in a transaction too.
+            reader, owned = writer, (writer,)
         else:
             reader = writer.execution_options(isolation_level="AUTOCOMMIT")
             owned = (writer,)
@@ -210,6 +254,7 @@ def names_async_driver(url: URL) -> bool:
 def _configure(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
+        event.listen(engine, "begin", _begin_immediate)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "handle_error", _read_only_is_a_disconnect)
 
@@ -251,3 +296,15 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: ConnectionPoolE
         cursor.execute("PRAGMA journal_mode = WAL")
     finally:
         cursor.close()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """Start each SQLite transaction holding the write lock (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads before it writes cannot wait for the lock when another
+    writer got there first (SQLite fails it with "database is locked" at once); an immediate
+    one waits out the busy timeout. Autocommit connections (lookups) take no lock.
+    """
+    driver_connection = connection.connection.driver_connection
+    if getattr(driver_connection, "isolation_level", "") is not None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -259,9 +259,12 @@ def acquire_lock(connection: Connection) -> None:
         if got != 1:
             msg = f"could not take the migration lock {LOCK_NAME!r} in time"
             raise SchemaError(msg)
-    elif dialect == "sqlite":
+    elif dialect == "sqlite" and not getattr(
+        connection.connection.driver_connection, "in_transaction", False
+    ):
         # pysqlite runs DDL outside transactions; take the database's write lock now, so a
-        # second migrator waits (busy timeout) and then finds the work done.
+        # second migrator waits (busy timeout) and then finds the work done. Engines built
+        # by this package began the transaction that way already (engines._begin_immediate).
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
