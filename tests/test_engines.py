@@ -14,7 +14,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache import ConfigurationError, MissingEngineError, SchemaError, SQLCache
-from langchain_sqlcache.engines import DEFAULT_URL, URL_ENV_VAR, driver_urls
+from langchain_sqlcache.engines import (
+    DEFAULT_URL,
+    URL_ENV_VAR,
+    driver_urls,
+    engine_defaults,
+    with_defaults,
+)
 from tests.conftest import Backend
 from tests.helpers import get, put
 
@@ -171,6 +177,32 @@ def test_invalid_arguments() -> None:
     engine = create_engine("sqlite://")
     with pytest.raises(ConfigurationError, match="pool_size"):
         SQLCache(engine=engine, pool_size=3)
+    with pytest.raises(ConfigurationError, match="transaction_pooler"):
+        SQLCache(engine=engine, transaction_pooler=True)
+    with pytest.raises(ConfigurationError, match="transaction_pooler is for Postgres"):
+        SQLCache("mysql://root@127.0.0.1/test", transaction_pooler=True)
+
+
+def test_transaction_pooler_settings_merge_with_the_users() -> None:
+    psycopg_url = make_url("postgresql+psycopg://app@pgbouncer/app")
+    asyncpg_url = make_url("postgresql+asyncpg://app@pgbouncer/app")
+    assert engine_defaults(psycopg_url) == {}
+    psycopg_defaults = engine_defaults(psycopg_url, transaction_pooler=True)
+    assert psycopg_defaults == {"connect_args": {"prepare_threshold": None}}
+    merged = with_defaults(psycopg_defaults, {"connect_args": {"application_name": "app"}})
+    assert merged["connect_args"] == {"prepare_threshold": None, "application_name": "app"}
+    asyncpg_args = engine_defaults(asyncpg_url, transaction_pooler=True)["connect_args"]
+    assert asyncpg_args["statement_cache_size"] == 0
+    assert asyncpg_args["prepared_statement_cache_size"] == 0
+    names = {asyncpg_args["prepared_statement_name_func"]() for _ in range(100)}
+    assert len(names) == 100
+    cache = SQLCache("postgresql://app@127.0.0.1:9/app", transaction_pooler=True)
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    # asyncpg lookups run on the transactional engine (prepare and execute reach one server
+    # connection); psycopg keeps its autocommit reader.
+    assert cache._async_engines.reader is cache._async_engines.writer
+    assert cache._engines.reader is not cache._engines.writer
 
 
 class StatementLog:

@@ -197,7 +197,7 @@ def lookup_on_another_server_connection(pgbouncer: str, cache: SQLCache, family:
     asyncio.run(lookups())
 
 
-@pytest.mark.parametrize("family", ["sync", "async"])
+@pytest.mark.parametrize("family", ["sync", "async", "async psycopg"])
 @pytest.mark.parametrize("transaction_pooler", [True, False])
 def test_prepared_statements_and_transaction_pooling(
     pgbouncer: str, family: str, transaction_pooler: bool
@@ -205,9 +205,13 @@ def test_prepared_statements_and_transaction_pooling(
     """With the option lookups work on any server connection; without it they fail.
 
     The failing half is the control: it shows the setup reproduces what the option prevents.
+    "async psycopg" is the async family through psycopg (a postgresql+psycopg_async URL).
     """
+    url = make_url(pgbouncer)
+    if family == "async psycopg":
+        url, family = url.set(drivername="postgresql+psycopg_async"), "async"
     cache = SQLCache(
-        pgbouncer,
+        url,
         namespace=unique_namespace(),
         on_error="raise",
         transaction_pooler=transaction_pooler,

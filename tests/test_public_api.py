@@ -39,6 +39,7 @@ def test_constructor_signature() -> None:
         "batch_size",
         "on_error",
         "key_secret",
+        "transaction_pooler",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -1,0 +1,1576 @@
+"""SQLCache against the raw-driver floor and LangChain's SQLAlchemy caches, on three backends.
+
+Run: .venv/bin/python bench/performance.py [--quick] [--backends sqlite,postgresql,mysql]
+     [--sizes 1000,100000,1000000] [--output docs/benchmarks.md]
+(after `.venv/bin/pip install -e '.[test,bench]'`). A full run takes 20-40 minutes on 2 cores
+and writes docs/benchmarks.md and docs/benchmarks.png; `--quick` is a smoke run of a minute or
+two that writes a report only when given --output.
+
+Backends: SQLite (a file in a temporary directory), and Postgres and MariaDB/MySQL at
+$SQLCACHE_TEST_POSTGRES_URL / $SQLCACHE_TEST_MYSQL_URL (the local servers by default), where
+the benchmark works in a scratch database, `sqlcache_bench`, that it creates afresh and drops at
+the end: the tests' database is never touched.
+
+What it measures, each subject on the same rows:
+
+- sync hit, miss and update latency (p50, p99), the subjects interleaved key by key so that
+  load from elsewhere on the machine hits them alike: SQLCache; langchain_community's
+  SQLAlchemyCache and SQLAlchemyMd5Cache; the floor, SQLCache's lookup as one parametrized,
+  prepared query on one persistent raw-driver connection (psycopg, PyMySQL, sqlite3)
+  returning the rows undecoded;
+- async hits/s at 1, 16 and 64 tasks: SQLCache.alookup, the same query on a raw async pool
+  (asyncpg, aiomysql, aiosqlite) of SQLAlchemy's default capacity, and SQLAlchemyCache's
+  alookup (LangChain's default: the sync lookup in a thread pool);
+- the statements an update sends, for 1, 4 and 16 generations;
+- hit latency as the table grows to 1,000,000 entries (filled with real cache rows from
+  codec.encode_entry through bulk INSERTs), with 1 and 4 generations and prompts of 200 B,
+  20 KB and 1 MB;
+- peak RSS of prune, clear and export over the largest table, each in a fresh process;
+- where the time of a hit goes, on Postgres, with pyinstrument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiomysql
+import aiosqlite
+import asyncpg  # type: ignore[import-untyped]
+import psycopg
+import pymysql
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration, Generation
+from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy.engine import URL, make_url
+
+from langchain_sqlcache import SQLCache
+from langchain_sqlcache.codec import encode_entry
+from langchain_sqlcache.engines import driver_urls
+from langchain_sqlcache.errors import CacheUnavailableError, is_transient
+from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.transfer import count, export_records, to_line
+
+BACKENDS = ("sqlite", "postgresql", "mysql")
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
+SCRATCH = "sqlcache_bench"
+LLM = "[('_type', 'openai-chat'), ('model_name', 'gpt-4o-mini'), ('temperature', 0.0)]"
+HOT_NS, TRIPS_NS, GROWTH_NS, PROBE_NS = "bench", "bench-trips", "bench-growth", "bench-probe"
+# Entries filled in bulk get ids from here up, clear of the ids the cache's own writes draw.
+ID_BASE = 1_000_000_000
+FILL_BATCH = 10_000
+# SQLAlchemy's default pool: 5 connections plus 10 overflow. The raw async pools get as many.
+POOL_CAPACITY = 15
+CONCURRENCY = (1, 16, 64)
+ROUND_TRIP_GENERATIONS = (1, 4, 16)
+PROMPT_SIZES = {"200 B": 200, "20 KB": 20_000, "1 MB": 1_000_000}
+DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
+QUICK_SIZES = (1_000, 10_000)
+FLOOR, SQLCACHE, LC_CACHE, LC_MD5 = (
+    "raw driver",
+    "SQLCache",
+    "SQLAlchemyCache",
+    "SQLAlchemyMd5Cache",
+)
+MIB = 2**20
+
+# The lookup SQLCache runs (statements.lookup), written out by hand; {0} and {1} are the
+# driver's placeholders. JSON columns come back as the driver delivers them to SQLAlchemy.
+LOOKUP_SQL = (
+    "SELECT g.generation_type, g.text, g.generation_info, g.message"
+    " FROM llm_cache_entry e JOIN llm_cache_generation g ON e.id = g.entry_id"
+    " WHERE e.key_hash = {0} AND (e.expires_at IS NULL OR e.expires_at > {1})"
+    " ORDER BY g.idx"
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many operations each measurement runs."""
+
+    hot_keys: int
+    warmup: int
+    hits: int
+    updates: int
+    async_ops: int
+    rounds: int
+    growth_hits: int
+    probes_20kb: int
+    probes_1mb: int
+    profile_ops: int
+
+
+FULL = Plan(
+    hot_keys=500,
+    warmup=200,
+    hits=2000,
+    updates=500,
+    async_ops=4000,
+    rounds=3,
+    growth_hits=2000,
+    probes_20kb=200,
+    probes_1mb=24,
+    profile_ops=5000,
+)
+QUICK = Plan(
+    hot_keys=50,
+    warmup=20,
+    hits=200,
+    updates=50,
+    async_ops=400,
+    rounds=1,
+    growth_hits=200,
+    probes_20kb=20,
+    probes_1mb=4,
+    profile_ops=1000,
+)
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latency percentiles of one operation, in microseconds."""
+
+    p50: float
+    p99: float
+    mean: float
+    n: int
+
+    @classmethod
+    def of(cls, samples_ns: Sequence[int]) -> Stats:
+        """Percentiles of samples in nanoseconds."""
+        ordered = sorted(samples_ns)
+        return cls(
+            p50=_rank(ordered, 0.50) / 1e3,
+            p99=_rank(ordered, 0.99) / 1e3,
+            mean=statistics.fmean(ordered) / 1e3,
+            n=len(ordered),
+        )
+
+
+def _rank(ordered: Sequence[int], quantile: float) -> float:
+    """Nearest-rank percentile of sorted samples."""
+    return float(ordered[min(len(ordered) - 1, max(0, round(quantile * len(ordered)) - 1))])
+
+
+@dataclass(frozen=True)
+class Trips:
+    """What one update sent through the writer engine."""
+
+    generations: int
+    replace: bool
+    statements: int
+    executemany: int
+    commits: int
+    implicit_begins: int
+    shape: str
+
+    @property
+    def round_trips(self) -> int:
+        """Statements, COMMITs and the driver's own BEGINs."""
+        return self.statements + self.commits + self.implicit_begins
+
+
+@dataclass(frozen=True)
+class GrowthRow:
+    """Hit latency of one kind of entry at one table size."""
+
+    size: int
+    prompt: str
+    generations: int
+    sqlcache: Stats
+    floor: Stats
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One operation over the big table, run in its own process."""
+
+    operation: str
+    entries: int
+    seconds: float
+    baseline_mib: float
+    peak_mib: float
+    detail: str
+
+
+@dataclass
+class BackendResult:
+    """Everything measured on one backend."""
+
+    name: str
+    server: str = ""
+    sync: dict[str, dict[str, Stats]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    throughput: dict[str, dict[int, float]] = field(default_factory=dict)
+    trips: list[Trips] = field(default_factory=list)
+    growth: list[GrowthRow] = field(default_factory=list)
+    fills: list[tuple[int, float]] = field(default_factory=list)
+    memory: list[MemoryRow] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    """Where the time of a few thousand hits went, by function."""
+
+    label: str
+    seconds: float
+    ops: int
+    steps: list[tuple[str, float]]
+    top_self: list[tuple[str, float]]
+
+
+# -- backends, values, keys ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A scratch database on one backend."""
+
+    name: str
+    url: URL
+
+    @property
+    def sync_url(self) -> URL:
+        """The URL with SQLCache's sync driver."""
+        return driver_urls(self.url)[0]
+
+
+def scratch_backend(name: str, work: Path) -> Backend:
+    """Create the scratch database afresh (a file for SQLite)."""
+    if name == "sqlite":
+        return Backend(name, make_url(f"sqlite:///{work / 'bench.db'}"))
+    server = make_url(SERVER_URLS[name])
+    _admin(server, f"DROP DATABASE IF EXISTS {SCRATCH}", f"CREATE DATABASE {SCRATCH}")
+    return Backend(name, server.set(database=SCRATCH))
+
+
+def drop_backend(backend: Backend) -> None:
+    if backend.name == "sqlite":
+        return
+    force = " WITH (FORCE)" if backend.name == "postgresql" else ""
+    _admin(backend.url, f"DROP DATABASE IF EXISTS {SCRATCH}{force}")
+
+
+def _admin(server: URL, *statements: str) -> None:
+    admin = create_engine(driver_urls(server)[0], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+def server_version(backend: Backend) -> str:
+    if backend.name == "sqlite":
+        return f"SQLite {sqlite3.sqlite_version}"
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            version = str(connection.execute(text("SELECT version()")).scalar_one())
+    finally:
+        engine.dispose()
+    return version if backend.name == "postgresql" else f"MySQL protocol, server {version}"
+
+
+def answer(i: int, generations: int) -> list[Generation]:
+    """A chat model's answer, as LangChain caches it: ChatGenerations with usage metadata."""
+    return [
+        ChatGeneration(
+            message=AIMessage(
+                content=f"Answer {i}.{k}: " + "lorem ipsum dolor sit amet " * 14,
+                id=f"run-{i}-{k}",
+                usage_metadata={"input_tokens": 40, "output_tokens": 90, "total_tokens": 130},
+                response_metadata={"model_name": "gpt-4o-mini", "finish_reason": "stop"},
+            ),
+            generation_info={"finish_reason": "stop"},
+        )
+        for k in range(generations)
+    ]
+
+
+def prompt_of(label: str, size: int) -> str:
+    """A chat prompt of exactly ``size`` ASCII bytes, distinct per label."""
+    head = f'[{{"role": "user", "content": "{label}: '
+    body = "please summarize the attached report " * (size // 37 + 1)
+    return (head + body)[: size - 3] + '"}]'
+
+
+def filler_prompt(i: int) -> str:
+    return prompt_of(f"filler {i:010d}", PROMPT_SIZES["200 B"])
+
+
+def filler_generations(i: int) -> int:
+    """Filler entries alternate: even ones hold 1 generation, odd ones 4."""
+    return 1 if i % 2 == 0 else 4
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ns(call: Callable[[], object]) -> tuple[int, object]:
+    started = time.perf_counter_ns()
+    result = call()
+    return time.perf_counter_ns() - started, result
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the floor: the same lookup through the raw drivers -------------------------------------
+
+
+def sync_floor(backend: Backend) -> tuple[Callable[[str], list[Any]], Callable[[], None]]:
+    """The lookup as one prepared query on one persistent connection in autocommit mode."""
+    url = backend.url
+    if backend.name == "postgresql":
+        pg = psycopg.connect(_dsn(url), autocommit=True)
+        pg_sql = LOOKUP_SQL.format("%s", "%s")
+
+        def pg_lookup(key_hash: str) -> list[Any]:
+            return pg.execute(pg_sql, (key_hash, now_utc()), prepare=True).fetchall()
+
+        return pg_lookup, pg.close
+    if backend.name == "mysql":
+        my = pymysql.connect(**_mysql_args(url), autocommit=True)
+        my_cursor = my.cursor()
+        my_sql = LOOKUP_SQL.format("%s", "%s")
+
+        def my_lookup(key_hash: str) -> list[Any]:
+            # MySQL keeps naive UTC, as SQLCache writes it.
+            my_cursor.execute(my_sql, (key_hash, now_utc().replace(tzinfo=None)))
+            return list(my_cursor.fetchall())
+
+        return my_lookup, my.close
+    lite = sqlite3.connect(str(url.database), isolation_level=None, check_same_thread=False)
+    lite_sql = LOOKUP_SQL.format("?", "?")
+
+    def lite_lookup(key_hash: str) -> list[Any]:
+        return lite.execute(lite_sql, (key_hash, _sqlite_time(now_utc()))).fetchall()
+
+    return lite_lookup, lite.close
+
+
+def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text for a UTC instant."""
+    return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _mysql_args(url: URL) -> dict[str, Any]:
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "database": url.database,
+        "charset": "utf8mb4",
+    }
+
+
+class AsyncFloor(Protocol):
+    """A raw async pool running the lookup."""
+
+    async def lookup(self, key_hash: str) -> list[Any]:
+        """The rows of one key."""
+
+    async def close(self) -> None:
+        """Close every connection."""
+
+
+class AsyncpgFloor:
+    """asyncpg pool; asyncpg prepares and caches the statement on each connection."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.sql = LOOKUP_SQL.format("$1", "$2")
+
+    @classmethod
+    async def open(cls, url: URL, size: int) -> AsyncpgFloor:
+        """Open the pool."""
+
+        async def json_codecs(connection: Any) -> None:
+            # SQLAlchemy's asyncpg dialect parses json and jsonb as it fetches: so does the floor.
+            for name in ("json", "jsonb"):
+                await connection.set_type_codec(
+                    name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+                )
+
+        pool = await asyncpg.create_pool(_dsn(url), min_size=size, max_size=size, init=json_codecs)
+        return cls(pool)
+
+    async def lookup(self, key_hash: str) -> list[Any]:
+        """The rows of one key."""
+        return list(await self.pool.fetch(self.sql, key_hash, now_utc()))
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self.pool.close()
+
+
+class AiomysqlFloor:
+    """aiomysql pool in autocommit mode."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.sql = LOOKUP_SQL.format("%s", "%s")
+
+    @classmethod
+    async def open(cls, url: URL, size: int) -> AiomysqlFloor:
+        """Open the pool."""
+        args = _mysql_args(url)
+        args["db"] = args.pop("database")
+        pool = await aiomysql.create_pool(minsize=size, maxsize=size, autocommit=True, **args)
+        return cls(pool)
+
+    async def lookup(self, key_hash: str) -> list[Any]:
+        """The rows of one key."""
+        async with self.pool.acquire() as connection, connection.cursor() as cursor:
+            await cursor.execute(self.sql, (key_hash, now_utc().replace(tzinfo=None)))
+            return list(await cursor.fetchall())
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self.pool.close()
+        await self.pool.wait_closed()
+
+
+class AiosqliteFloor:
+    """A queue of aiosqlite connections (aiosqlite has no pool; each connection is a thread)."""
+
+    def __init__(self, connections: list[aiosqlite.Connection]) -> None:
+        self.connections = connections
+        self.idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        for connection in connections:
+            self.idle.put_nowait(connection)
+        self.sql = LOOKUP_SQL.format("?", "?")
+
+    @classmethod
+    async def open(cls, url: URL, size: int) -> AiosqliteFloor:
+        """Open the pool."""
+        connections = [
+            await aiosqlite.connect(str(url.database), isolation_level=None) for _ in range(size)
+        ]
+        return cls(connections)
+
+    async def lookup(self, key_hash: str) -> list[Any]:
+        """The rows of one key."""
+        connection = await self.idle.get()
+        try:
+            async with connection.execute(self.sql, (key_hash, _sqlite_time(now_utc()))) as rows:
+                return list(await rows.fetchall())
+        finally:
+            self.idle.put_nowait(connection)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for connection in self.connections:
+            await connection.close()
+
+
+async def async_floor(backend: Backend, size: int) -> AsyncFloor:
+    if backend.name == "postgresql":
+        return await AsyncpgFloor.open(backend.url, size)
+    if backend.name == "mysql":
+        return await AiomysqlFloor.open(backend.url, size)
+    return await AiosqliteFloor.open(backend.url, size)
+
+
+# -- LangChain's own SQL caches -------------------------------------------------------------
+
+
+def langchain_caches(backend: Backend, result: BackendResult) -> dict[str, Any]:
+    """SQLAlchemyCache and SQLAlchemyMd5Cache where they run; the reason where they do not."""
+    from langchain_community.cache import SQLAlchemyCache, SQLAlchemyMd5Cache
+
+    caches: dict[str, Any] = {}
+    for name, factory in ((LC_CACHE, SQLAlchemyCache), (LC_MD5, SQLAlchemyMd5Cache)):
+        try:
+            cache = factory(create_engine(backend.sync_url))
+            cache.update("probe", LLM, answer(0, 1))
+            if cache.lookup("probe", LLM) is None:
+                result.failures[name] = "fails: a written value reads back as a miss"
+                continue
+            caches[name] = cache
+        except Exception as exc:  # noqa: BLE001 - a failing peer is a result, not a crash
+            result.failures[name] = f"fails: {_reason(exc)}"
+    return caches
+
+
+def _reason(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:140]
+
+
+# -- 1. sync latency ------------------------------------------------------------------------
+
+
+def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
+    """Hits, misses and updates, every subject in turn on each key (rotating the order)."""
+    cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+    peers = langchain_caches(backend, result)
+    floor_lookup, floor_close = sync_floor(backend)
+    hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
+    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    value = answer(1, 1)
+    for prompt in hot:
+        cache.update(prompt, LLM, value)
+        for peer in peers.values():
+            peer.update(prompt, LLM, value)
+
+    lookups: dict[str, Callable[[str], object]] = {
+        SQLCACHE: lambda prompt: cache.lookup(prompt, LLM),
+        FLOOR: lambda prompt: floor_lookup(keys.get(prompt) or cache._key_hash(prompt, LLM)),
+        **{name: _lookup_of(peer) for name, peer in peers.items()},
+    }
+    updates: dict[str, Callable[[str], object]] = {
+        SQLCACHE: lambda prompt: cache.update(prompt, LLM, value),
+        **{name: _update_of(peer, value) for name, peer in peers.items()},
+    }
+    rng = random.Random(1)
+    for _ in range(plan.warmup):
+        prompt = rng.choice(hot)
+        for call in lookups.values():
+            call(prompt)
+    samples: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for n in range(plan.hits):
+        prompt = rng.choice(hot)
+        for name, call in _rotated(lookups, n):
+            elapsed, value_read = _ns(lambda: call(prompt))  # noqa: B023
+            if not value_read:
+                msg = f"{name} missed a key it holds on {backend.name}"
+                raise RuntimeError(msg)
+            samples[name]["hit"].append(elapsed)
+    for n in range(plan.hits):
+        prompt = prompt_of(f"missing {n}", PROMPT_SIZES["200 B"])
+        for name, call in _rotated(lookups, n):
+            samples[name]["miss"].append(_ns(lambda: call(prompt))[0])  # noqa: B023
+    for n in range(plan.updates):
+        prompt = prompt_of(f"new {n}", PROMPT_SIZES["200 B"])
+        for name, call in _rotated(updates, n):
+            samples[name]["update"].append(_ns(lambda: call(prompt))[0])  # noqa: B023
+    result.sync = {
+        name: {op: Stats.of(values) for op, values in ops.items()} for name, ops in samples.items()
+    }
+    floor_close()
+    cache.close()
+    for peer in peers.values():
+        peer.engine.dispose()
+
+
+def _lookup_of(peer: Any) -> Callable[[str], object]:
+    return lambda prompt: peer.lookup(prompt, LLM)
+
+
+def _update_of(peer: Any, value: list[Generation]) -> Callable[[str], object]:
+    return lambda prompt: peer.update(prompt, LLM, value)
+
+
+def _rotated(
+    calls: dict[str, Callable[[str], object]], n: int
+) -> list[tuple[str, Callable[[str], object]]]:
+    items = list(calls.items())
+    shift = n % len(items)
+    return items[shift:] + items[:shift]
+
+
+# -- 2. async throughput --------------------------------------------------------------------
+
+
+def async_throughput(backend: Backend, plan: Plan, result: BackendResult) -> None:
+    result.throughput = asyncio.run(_async_throughput(backend, plan, result))
+
+
+async def _async_throughput(
+    backend: Backend, plan: Plan, result: BackendResult
+) -> dict[str, dict[int, float]]:
+    cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+    hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
+    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    floor = await async_floor(backend, POOL_CAPACITY)
+    peers = {
+        name: peer
+        for name, peer in langchain_caches(backend, BackendResult(backend.name)).items()
+        if name == LC_CACHE
+    }
+    subjects: dict[str, Callable[[str], Awaitable[object]]] = {
+        SQLCACHE: lambda prompt: cache.alookup(prompt, LLM),
+        FLOOR: lambda prompt: floor.lookup(keys[prompt]),
+        **{name: _alookup_of(peer) for name, peer in peers.items()},
+    }
+    best: dict[str, dict[int, float]] = defaultdict(dict)
+    for call in subjects.values():  # fill the pools and the statement caches
+        await _rate(call, hot, max(CONCURRENCY), max(CONCURRENCY) * 4)
+    for round_ in range(plan.rounds):
+        for tasks in CONCURRENCY:
+            items = list(subjects.items())
+            shift = round_ % len(items)
+            for name, call in items[shift:] + items[:shift]:
+                rate = await _rate(call, hot, tasks, plan.async_ops)
+                best[name][tasks] = max(rate, best[name].get(tasks, 0.0))
+    await floor.close()
+    await cache.aclose()
+    for peer in peers.values():
+        peer.engine.dispose()
+    return dict(best)
+
+
+def _alookup_of(peer: Any) -> Callable[[str], Awaitable[object]]:
+    return lambda prompt: peer.alookup(prompt, LLM)
+
+
+async def _rate(
+    call: Callable[[str], Awaitable[object]], prompts: list[str], tasks: int, ops: int
+) -> float:
+    """Hits per second of ``tasks`` tasks sharing ``ops`` lookups."""
+    per_task = max(1, ops // tasks)
+
+    async def worker(offset: int) -> int:
+        misses = 0
+        for n in range(per_task):
+            if not await call(prompts[(offset * 7919 + n * 31) % len(prompts)]):
+                misses += 1
+        return misses
+
+    started = time.perf_counter()
+    misses = await asyncio.gather(*(worker(w) for w in range(tasks)))
+    elapsed = time.perf_counter() - started
+    if any(misses):
+        msg = f"{sum(misses)} lookups of held keys missed"
+        raise RuntimeError(msg)
+    return per_task * tasks / elapsed
+
+
+# -- 3. statements per update ---------------------------------------------------------------
+
+
+def update_round_trips(backend: Backend, result: BackendResult) -> None:
+    """Statements, COMMITs and driver BEGINs that one update sends, by generation count."""
+    # prune_every=None: the default runs one pruning batch in its own transaction every 100th
+    # update, which is not part of an update.
+    cache = SQLCache(backend.url, namespace=TRIPS_NS, on_error="raise", prune_every=None)
+    cache.update("warm-up", LLM, answer(0, 1))  # schema check, first connection
+    engine = cache._ready_engines().writer
+    seen: Counter[str] = Counter()
+    shapes: list[str] = []
+
+    def on_statement(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _ctx: Any, many: bool
+    ) -> None:
+        seen["statements"] += 1
+        seen["executemany"] += many
+        words = statement.replace("llm_cache_", "").split()
+        verb = words[0].upper()
+        shape = " ".join(words[: {"INSERT": 3, "DELETE": 3, "UPDATE": 2}.get(verb, 2)])
+        if " ON CONFLICT " in statement or " ON DUPLICATE KEY " in statement:
+            shape = f"upsert {words[2]}"
+        shapes.append(f"{shape} (executemany)" if many else shape)
+
+    def on_commit(_conn: Any) -> None:
+        seen["commits"] += 1
+
+    def on_begin(_conn: Any) -> None:
+        seen["begins"] += 1
+
+    listeners: list[tuple[str, Callable[..., None]]] = [
+        ("before_cursor_execute", on_statement),
+        ("commit", on_commit),
+        ("begin", on_begin),
+    ]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    # psycopg sends BEGIN itself before the first statement of a transaction (one round trip);
+    # PyMySQL lets the server open it implicitly; SQLite's BEGIN IMMEDIATE is a statement.
+    begin_is_a_trip = engine.dialect.driver == "psycopg"
+    try:
+        for generations in ROUND_TRIP_GENERATIONS:
+            for replace in (False, True):
+                seen.clear()
+                shapes.clear()
+                cache.update(f"trips {generations}", LLM, answer(replace, generations))
+                result.trips.append(
+                    Trips(
+                        generations=generations,
+                        replace=replace,
+                        statements=seen["statements"],
+                        executemany=seen["executemany"],
+                        commits=seen["commits"],
+                        implicit_begins=seen["begins"] if begin_is_a_trip else 0,
+                        shape=", ".join(shapes),
+                    )
+                )
+    finally:
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
+        cache.clear()
+        cache.close()
+
+
+# -- 4. growth ------------------------------------------------------------------------------
+
+
+def fill(engine: Engine, stop: int) -> float:
+    """Bulk-insert filler entries up to ``stop`` (resuming after the last); return seconds.
+
+    The rows are those SQLCache writes (codec.encode_entry), inserted as executemany batches
+    of FILL_BATCH entries, one transaction each.
+    """
+    with engine.connect() as connection:
+        last = connection.execute(
+            text("SELECT max(id) FROM llm_cache_entry WHERE namespace = :ns"), {"ns": GROWTH_NS}
+        ).scalar()
+    start = 0 if last is None else int(last) - ID_BASE + 1
+    if start >= stop:
+        return 0.0
+    values = {n: answer(7, n) for n in (1, 4)}
+    now = now_utc()
+    started = time.perf_counter()
+    for low in range(start, stop, FILL_BATCH):
+        entries: list[dict[str, Any]] = []
+        generations: list[dict[str, Any]] = []
+        for i in range(low, min(stop, low + FILL_BATCH)):
+            entry_row, generation_rows = encode_entry(
+                GROWTH_NS,
+                filler_prompt(i),
+                LLM,
+                values[filler_generations(i)],
+                created_at=now,
+                updated_at=now,
+                expires_at=None,
+            )
+            entry_id = ID_BASE + i
+            entries.append({**entry_row, "id": entry_id})
+            generations.extend({**row, "entry_id": entry_id} for row in generation_rows)
+        with engine.begin() as connection:
+            connection.execute(insert(entry_table), entries)
+            connection.execute(insert(generation_table), generations)
+        done = min(stop, low + FILL_BATCH)
+        if done % 100_000 == 0 or done == stop:
+            elapsed = time.perf_counter() - started
+            log(f"  filled {done:,} entries ({(done - start) / elapsed:,.0f}/s)")
+    return time.perf_counter() - started
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh planner statistics, as autovacuum / InnoDB's auto-recalc would after a fill."""
+    statement = {
+        "postgresql": "ANALYZE llm_cache_entry, llm_cache_generation",
+        "mysql": "ANALYZE TABLE llm_cache_entry, llm_cache_generation",
+        "mariadb": "ANALYZE TABLE llm_cache_entry, llm_cache_generation",
+    }.get(engine.dialect.name)
+    if statement:
+        with engine.connect() as connection:
+            connection.execute(text(statement)).all()
+            connection.commit()
+
+
+def growth(backend: Backend, plan: Plan, sizes: Sequence[int], result: BackendResult) -> None:
+    """Hit p50 of SQLCache and of the floor as the table grows through ``sizes``."""
+    cache = SQLCache(backend.url, namespace=GROWTH_NS, on_error="raise", prune_every=None)
+    probes = SQLCache(backend.url, namespace=PROBE_NS, on_error="raise", prune_every=None)
+    floor_lookup, floor_close = sync_floor(backend)
+    engine = create_engine(backend.sync_url)
+    cache.lookup("make sure the schema exists", LLM)
+    big: dict[tuple[str, int], list[str]] = {}
+    for label, count_ in (("20 KB", plan.probes_20kb), ("1 MB", plan.probes_1mb)):
+        for n in range(count_):
+            generations = 1 if n % 2 == 0 else 4
+            prompt = prompt_of(f"probe {n}", PROMPT_SIZES[label])
+            probes.update(prompt, LLM, answer(n, generations))
+            big.setdefault((label, generations), []).append(prompt)
+    rng = random.Random(2)
+    for size in sizes:
+        log(f"{backend.name}: growing the table to {size:,} entries")
+        seconds = fill(engine, size)
+        if seconds:
+            result.fills.append((size, seconds))
+        analyze(engine)
+        for generations in (1, 4):
+            parity = 0 if generations == 1 else 1
+            pool = [filler_prompt(2 * rng.randrange(size // 2) + parity) for _ in range(2000)]
+            result.growth.append(
+                _growth_row(cache, floor_lookup, size, "200 B", generations, pool, plan)
+            )
+        for (label, generations), prompts in big.items():
+            result.growth.append(
+                _growth_row(probes, floor_lookup, size, label, generations, prompts, plan)
+            )
+    floor_close()
+    engine.dispose()
+    probes.clear()
+    probes.close()
+    cache.close()
+
+
+def _growth_row(
+    cache: SQLCache,
+    floor_lookup: Callable[[str], list[Any]],
+    size: int,
+    label: str,
+    generations: int,
+    prompts: list[str],
+    plan: Plan,
+) -> GrowthRow:
+    # A 1 MB prompt costs milliseconds to hash; a fifth of the lookups is plenty.
+    lookups = plan.growth_hits if label != "1 MB" else max(20, plan.growth_hits // 5)
+    warmup = min(plan.warmup, lookups)
+    ours: list[int] = []
+    theirs: list[int] = []
+    for n in range(warmup + lookups):
+        prompt = prompts[n % len(prompts)]
+        key_hash = cache._key_hash(prompt, LLM)
+        pair = [
+            (ours, lambda: cache.lookup(prompt, LLM)),  # noqa: B023
+            (theirs, lambda: floor_lookup(key_hash)),  # noqa: B023
+        ]
+        for samples, call in pair if n % 2 else reversed(pair):
+            elapsed, found = _ns(call)
+            if not found:
+                msg = f"a {label} entry with {generations} generations missed"
+                raise RuntimeError(msg)
+            if n >= warmup:
+                samples.append(elapsed)
+    return GrowthRow(size, label, generations, Stats.of(ours), Stats.of(theirs))
+
+
+# -- 5. memory of prune, clear and export ---------------------------------------------------
+
+
+def memory(backend: Backend, size: int, result: BackendResult) -> None:
+    """Peak RSS of export, prune and clear over ``size`` filler entries, each in a new process."""
+    engine = create_engine(backend.sync_url)
+    try:
+        fill(engine, size)
+        result.memory.append(_child(backend, "export", size))
+        result.memory.append(_child(backend, "prune", max(1, size // 100)))
+        cache = SQLCache(backend.url, namespace=GROWTH_NS, on_error="raise")
+        cache.clear()  # what prune left
+        cache.close()
+        log(f"{backend.name}: refilling {size:,} entries for clear")
+        result.fills.append((size, fill(engine, size)))
+        result.memory.append(_child(backend, "clear", 0))
+    finally:
+        engine.dispose()
+
+
+def _child(backend: Backend, operation: str, max_entries: int) -> MemoryRow:
+    log(f"{backend.name}: {operation} in a fresh process")
+    url = backend.url.render_as_string(hide_password=False)
+    command = [sys.executable, __file__, "--child", operation, url, str(max_entries)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        msg = f"{operation} child failed: {completed.stderr.strip().splitlines()[-1:]}"
+        raise RuntimeError(msg)
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return MemoryRow(**report)
+
+
+def child(operation: str, url: str, max_entries: int) -> None:
+    """Run one operation over the growth namespace; print a MemoryRow as JSON."""
+    cache = SQLCache(url, namespace=GROWTH_NS, on_error="raise", max_entries=max_entries or None)
+    entries = count(cache, all_namespaces=False)
+    baseline = _rss_kib("VmRSS")
+    started = time.perf_counter()
+    if operation == "export":
+        lines = 0
+        with open(os.devnull, "w", encoding="utf-8") as sink:
+            for record in export_records(cache, all_namespaces=False):
+                sink.write(to_line(record))
+                lines += 1
+        detail = f"{lines:,} lines written"
+    elif operation == "prune":
+        detail = f"{cache.prune():,} entries deleted (max_entries={max_entries:,})"
+    else:
+        cache.clear()
+        detail = f"{entries - count(cache, all_namespaces=False):,} entries deleted"
+    seconds = time.perf_counter() - started
+    peak = _rss_kib("VmHWM")
+    cache.close()
+    print(json.dumps({
+        "operation": operation,
+        "entries": entries,
+        "seconds": seconds,
+        "baseline_mib": baseline / 1024,
+        "peak_mib": peak / 1024,
+        "detail": detail,
+    }))  # fmt: skip
+
+
+def _rss_kib(field_name: str) -> int:
+    """VmRSS or VmHWM of this process (KiB), from /proc; ru_maxrss where there is no /proc."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+# -- 6. profile of the hit path -------------------------------------------------------------
+
+# Inclusive time of these frames (function name, a piece of its file path), nested ones once.
+SYNC_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "key hashing (entry_key)": (("entry_key", "codec"),),
+    "pool checkout and return (connect, close)": (
+        ("connect", "sqlalchemy/engine/base"),
+        ("close", "sqlalchemy/engine/base"),
+        ("__exit__", "sqlalchemy/engine/base"),
+    ),
+    "Connection.execute (compile cache, driver, result setup)": (
+        ("execute", "sqlalchemy/engine/base"),
+    ),
+    "fetching rows (Result.all)": (("all", "sqlalchemy/engine/result"),),
+    "decoding (decode_generations)": (("decode_generations", "codec"),),
+}
+ASYNC_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
+    **SYNC_STEPS,
+    "ensure_future + shield (_arun)": (("shield", "asyncio"), ("ensure_future", "asyncio")),
+    "greenlet hand-off (run_sync, await_only)": (
+        ("greenlet_spawn", "sqlalchemy"),
+        ("await_only", "sqlalchemy"),
+    ),
+    "waiting in the event loop (select)": (("select", "selectors"),),
+}
+
+
+def profile_hits(backend: Backend, plan: Plan) -> list[Profile]:
+    """Profile sync lookups, then async lookups from one task, of hot keys."""
+    from pyinstrument import Profiler
+
+    cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+    hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
+    for prompt in hot:
+        cache.update(prompt, LLM, answer(1, 1))
+        cache.lookup(prompt, LLM)
+    profiles = []
+    profiler = Profiler(interval=0.0001, async_mode="disabled")
+    profiler.start()
+    started = time.perf_counter()
+    for n in range(plan.profile_ops):
+        cache.lookup(hot[n % len(hot)], LLM)
+    seconds = time.perf_counter() - started
+    profiler.stop()
+    profiles.append(_profile_of("sync lookup", profiler, seconds, plan.profile_ops, SYNC_STEPS))
+    cache.close()
+
+    async def lookups() -> float:
+        acache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+        for prompt in hot:
+            await acache.alookup(prompt, LLM)
+        profiler.start()
+        started = time.perf_counter()
+        for n in range(plan.profile_ops):
+            await acache.alookup(hot[n % len(hot)], LLM)
+        elapsed = time.perf_counter() - started
+        profiler.stop()
+        await acache.aclose()
+        return elapsed
+
+    profiler = Profiler(interval=0.0001, async_mode="disabled")
+    seconds = asyncio.run(lookups())
+    profiles.append(
+        _profile_of("async alookup, 1 task", profiler, seconds, plan.profile_ops, ASYNC_STEPS)
+    )
+    return profiles
+
+
+def _profile_of(
+    label: str,
+    profiler: Any,
+    seconds: float,
+    ops: int,
+    steps: dict[str, tuple[tuple[str, str], ...]],
+) -> Profile:
+    root = profiler.last_session.root_frame(trim_stem=False)
+    total = root.time
+    self_times: Counter[str] = Counter()
+    step_times: Counter[str] = Counter()
+
+    def walk(frame: Any, open_steps: frozenset[str]) -> None:
+        self_times[_frame_name(frame)] += frame.total_self_time
+        path = (frame.file_path or "").replace("\\", "/")
+        here = set(open_steps)
+        for step, matchers in steps.items():
+            if step in open_steps:
+                continue
+            if any(frame.function == name and part in path for name, part in matchers):
+                step_times[step] += frame.time
+                here.add(step)
+        for child_frame in frame.children:
+            walk(child_frame, frozenset(here))
+
+    walk(root, frozenset())
+    return Profile(
+        label=label,
+        seconds=seconds,
+        ops=ops,
+        steps=[(step, step_times[step] / total) for step in steps],
+        top_self=[(name, t / total) for name, t in self_times.most_common(15)],
+    )
+
+
+def _frame_name(frame: Any) -> str:
+    path = (frame.file_path_short or frame.file_path or "").replace("\\", "/")
+    for marker in ("site-packages/", "src/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{frame.function} ({path}:{frame.line_no})" if path else frame.function
+
+
+# -- running it -----------------------------------------------------------------------------
+
+
+def retrying(label: str, step: Callable[[], None], result: BackendResult) -> None:
+    """Run a step; rerun it after a pause when a server was briefly away (up to 3 times)."""
+    for attempt in range(1, 4):
+        try:
+            step()
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported, the run goes on
+            transient = (
+                is_transient(exc)
+                or isinstance(exc, (CacheUnavailableError, OSError))
+                or type(exc).__module__.split(".")[0] in ("asyncpg", "psycopg", "pymysql")
+            )
+            log(f"{result.name}: {label} failed ({_reason(exc)})")
+            if not transient or attempt == 3:
+                result.errors.append(f"{label}: {_reason(exc)}")
+                return
+            time.sleep(10)
+
+
+def run_backend(
+    name: str, plan: Plan, sizes: Sequence[int], work: Path
+) -> tuple[BackendResult, list[Profile]]:
+    result = BackendResult(name)
+    backend = scratch_backend(name, work)
+    profiles: list[Profile] = []
+    try:
+        result.server = server_version(backend)
+        log(f"{name}: {result.server.splitlines()[0]}")
+        log(f"{name}: sync latency")
+        retrying("sync latency", lambda: sync_latency(backend, plan, result), result)
+        print(sync_table(result), flush=True)
+        log(f"{name}: async throughput")
+        retrying("async throughput", lambda: async_throughput(backend, plan, result), result)
+        print(throughput_table(result), flush=True)
+        log(f"{name}: statements per update")
+        retrying("update round trips", lambda: update_round_trips(backend, result), result)
+        print(trips_table(result), flush=True)
+        if name == "postgresql":
+            log(f"{name}: profiling the hit path")
+
+            def profile() -> None:
+                profiles.extend(profile_hits(backend, plan))
+
+            retrying("profile", profile, result)
+        retrying("growth", lambda: growth(backend, plan, sizes, result), result)
+        print(growth_table(result), flush=True)
+        retrying("memory", lambda: memory(backend, max(sizes), result), result)
+        print(memory_table(result), flush=True)
+    finally:
+        with contextlib.suppress(Exception):
+            drop_backend(backend)
+    return result, profiles
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+def _us(value: float) -> str:
+    return f"{value:,.0f} µs" if value >= 100 else f"{value:,.1f} µs"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def sync_table(result: BackendResult) -> str:
+    lines = [
+        f"#### {result.name}: sync latency (interleaved, µs)",
+        "",
+        "| subject | hit p50 | hit p99 | miss p50 | miss p99 | update p50 | update p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in (SQLCACHE, FLOOR, LC_CACHE, LC_MD5):
+        ops = result.sync.get(name)
+        if ops is None:
+            reason = result.failures.get(name, "not measured")
+            lines.append(f"| {name} | {reason} | | | | | |")
+            continue
+        cells = []
+        for op in ("hit", "miss", "update"):
+            stats = ops.get(op)
+            cells += [_us(stats.p50), _us(stats.p99)] if stats else ["-", "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def throughput_table(result: BackendResult) -> str:
+    lines = [
+        f"#### {result.name}: async hits/s (best of the rounds)",
+        "",
+        "| subject | " + " | ".join(f"{t} task{'s' if t > 1 else ''}" for t in CONCURRENCY) + " |",
+        "|---|" + "---|" * len(CONCURRENCY),
+    ]
+    labels = {
+        SQLCACHE: "SQLCache.alookup",
+        FLOOR: f"raw async pool ({POOL_CAPACITY} connections)",
+        LC_CACHE: "SQLAlchemyCache.alookup (thread pool)",
+    }
+    for name, label in labels.items():
+        rates = result.throughput.get(name)
+        if rates is None:
+            lines.append(f"| {label} | {result.failures.get(name, 'not measured')} | | |")
+            continue
+        lines.append(f"| {label} | " + " | ".join(f"{rates[t]:,.0f}" for t in CONCURRENCY) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def trips_table(result: BackendResult) -> str:
+    lines = [
+        f"#### {result.name}: what one update sends (writer engine)",
+        "",
+        "| generations | key | statements | of which executemany | COMMIT | driver BEGIN"
+        " | round trips | statements in order |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for trips in result.trips:
+        lines.append(
+            f"| {trips.generations} | {'existing' if trips.replace else 'new'} "
+            f"| {trips.statements} | {trips.executemany} | {trips.commits} "
+            f"| {trips.implicit_begins} | {trips.round_trips} | {trips.shape} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def growth_table(result: BackendResult) -> str:
+    lines = [
+        f"#### {result.name}: hit latency as the table grows (p50, µs)",
+        "",
+        "| entries | prompt | generations | SQLCache p50 | SQLCache p99 | raw driver p50"
+        " | SQLCache / raw |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result.growth:
+        lines.append(
+            f"| {row.size:,} | {row.prompt} | {row.generations} | {_us(row.sqlcache.p50)} "
+            f"| {_us(row.sqlcache.p99)} | {_us(row.floor.p50)} "
+            f"| {row.sqlcache.p50 / row.floor.p50:.2f}x |"
+        )
+    if result.fills:
+        fills = ", ".join(f"to {size:,} in {seconds:.0f} s" for size, seconds in result.fills)
+        lines += ["", f"Bulk fills: {fills}."]
+    return "\n".join(lines) + "\n"
+
+
+def memory_table(result: BackendResult) -> str:
+    lines = [
+        f"#### {result.name}: peak memory, each operation in a fresh process",
+        "",
+        "| operation | entries | seconds | RSS before | peak RSS | detail |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result.memory:
+        lines.append(
+            f"| {row.operation} | {row.entries:,} | {row.seconds:.1f} | {row.baseline_mib:.0f} MiB"
+            f" | {row.peak_mib:.0f} MiB | {row.detail} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def profile_table(profile: Profile) -> str:
+    per_op = profile.seconds / profile.ops * 1e6
+    lines = [
+        f"#### Postgres, {profile.label}: {profile.ops:,} hits, {per_op:.0f} µs each"
+        " under the profiler",
+        "",
+        "| step (inclusive) | share of the time |",
+        "|---|---|",
+        *(f"| {step} | {share:.0%} |" for step, share in profile.steps),
+        "",
+        "| function (self time) | share |",
+        "|---|---|",
+        *(f"| `{name}` | {share:.1%} |" for name, share in profile.top_self),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target, and its measured ratio on one backend."""
+
+    label: str
+    value: float | None
+    met: bool | None
+    note: str = ""
+
+    def cell(self) -> str:
+        """The table cell."""
+        if self.value is None:
+            return self.note or "n/a"
+        verdict = "no target" if self.met is None else ("**met**" if self.met else "**not met**")
+        return f"{self.value:.2f}x, {verdict}" + (f" ({self.note})" if self.note else "")
+
+
+def targets(result: BackendResult, sizes: Sequence[int]) -> list[Target]:
+    """The ratios the project aims for, measured on one backend."""
+    out: list[Target] = []
+    sync = result.sync
+    ours_hit = sync.get(SQLCACHE, {}).get("hit")
+    floor_hit = sync.get(FLOOR, {}).get("hit")
+    limit = 2.0 if result.name == "sqlite" else 1.5
+    if ours_hit and floor_hit:
+        ratio = ours_hit.p50 / floor_hit.p50
+        out.append(Target(f"sync hit p50 / raw driver (<= {limit}x)", ratio, ratio <= limit))
+    else:
+        out.append(Target(f"sync hit p50 / raw driver (<= {limit}x)", None, None, "not measured"))
+    ours = result.throughput.get(SQLCACHE, {}).get(64)
+    raw = result.throughput.get(FLOOR, {}).get(64)
+    label = "async hits/s at 64 tasks / raw async pool (>= 0.7x on Postgres)"
+    if ours and raw:
+        ratio = ours / raw
+        out.append(Target(label, ratio, ratio >= 0.7 if result.name == "postgresql" else None))
+    else:
+        out.append(Target(label, None, None, "not measured"))
+    for peer in (LC_CACHE, LC_MD5):
+        for op in ("hit", "update"):
+            label = f"{peer} {op} p50 / SQLCache (>= 4x)"
+            theirs = sync.get(peer, {}).get(op)
+            ours_op = sync.get(SQLCACHE, {}).get(op)
+            if theirs and ours_op:
+                ratio = theirs.p50 / ours_op.p50
+                out.append(Target(label, ratio, ratio >= 4))
+            else:
+                out.append(Target(label, None, None, result.failures.get(peer, "not measured")))
+    trips_label = "statements per update, 1/4/16 generations (fixed, <= 3)"
+    if result.trips:
+        # SQLite's BEGIN IMMEDIATE is a statement; the other drivers begin without one.
+        data = {t.statements - ("BEGIN" in t.shape) for t in result.trips}
+        trips = {t.round_trips for t in result.trips}
+        fixed = len(data) == 1 and len(trips) == 1
+        verdict = "**met**" if fixed and max(data) <= 3 else "**not met**"
+        note = (
+            f"{verdict}: {'/'.join(str(n) for n in sorted(data))} statements"
+            f" {'for every generation count' if fixed else 'varying with the generations'};"
+            f" {'/'.join(str(n) for n in sorted(trips))} with BEGIN and COMMIT"
+        )
+        out.append(Target(trips_label, None, None, note))
+    else:
+        out.append(Target(trips_label, None, None, "not measured"))
+    rows = {(r.size, r.prompt, r.generations): r for r in result.growth}
+    small, large = min(sizes), max(sizes)
+    for generations in (1, 4):
+        label = f"hit p50 at {large:,} / at {small:,} entries, {generations} gen. (<= 1.25x)"
+        first = rows.get((small, "200 B", generations))
+        last = rows.get((large, "200 B", generations))
+        if first and last:
+            ratio = last.sqlcache.p50 / first.sqlcache.p50
+            out.append(Target(label, ratio, ratio <= 1.25))
+        else:
+            out.append(Target(label, None, None, "not measured"))
+    for row in result.memory:
+        label = f"peak RSS of {row.operation} over {row.entries:,} entries (< 200 MB)"
+        megabytes = row.peak_mib * MIB / 1e6
+        out.append(
+            Target(
+                label,
+                None,
+                None,
+                f"{megabytes:.0f} MB, {'**met**' if megabytes < 200 else '**not met**'}",
+            )
+        )
+    return out
+
+
+def targets_table(results: list[BackendResult], sizes: Sequence[int]) -> str:
+    by_backend = [targets(result, sizes) for result in results]
+    labels: list[str] = []
+    for rows in by_backend:
+        labels += [t.label for t in rows if t.label not in labels]
+    lines = [
+        "| target | " + " | ".join(r.name for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    for label in labels:
+        cells = []
+        for rows in by_backend:
+            found = next((t for t in rows if t.label == label), None)
+            cells.append(found.cell() if found else "n/a")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    memory_total = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_total = int(line.split()[1]) * 1024
+    ram = f"{memory_total / 2**30:.0f} GiB RAM" if memory_total else "RAM unknown"
+    return f"{cpu}, {os.cpu_count()} cores, {ram}, {platform.system()} {platform.machine()}"
+
+
+def versions() -> str:
+    packages = (
+        "sqlalchemy",
+        "psycopg",
+        "asyncpg",
+        "pymysql",
+        "aiomysql",
+        "aiosqlite",
+        "langchain-core",
+        "langchain-community",
+        "langchain-sqlcache",
+        "pyinstrument",
+    )
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def report(
+    results: list[BackendResult],
+    profiles: list[Profile],
+    sizes: Sequence[int],
+    plan: Plan,
+    command: str,
+    started: datetime,
+    load: tuple[tuple[float, ...], tuple[float, ...]],
+    plot: str | None,
+) -> str:
+    quick = plan == QUICK
+    parts = [
+        "# Performance: SQLCache against the raw driver and LangChain's SQL caches",
+        "",
+        f"Produced by `{command}` on {started:%Y-%m-%d} "
+        f"({'a --quick smoke run: small samples, indicative only' if quick else 'a full run'},"
+        f" {(now_utc() - started).total_seconds() / 60:.0f} minutes).",
+        "",
+        f"- Machine: {machine()}; load average {load[0][0]:.2f} at the start, "
+        f"{load[1][0]:.2f} at the end (other work on the machine shifts absolute times; the "
+        "subjects are interleaved so that it shifts them alike).",
+        f"- Versions: {versions()}.",
+        *(f"- {r.name} server: {r.server.splitlines()[0] if r.server else 'n/a'}" for r in results),
+        "- SQLite is a file in a temporary directory; Postgres and MariaDB are the local servers"
+        f" on loopback with their Debian defaults, in a scratch database `{SCRATCH}`.",
+        "",
+        "Absolute times depend on the machine; compare the ratios. Each cache writes the same"
+        " value: one ChatGeneration (AIMessage of ~400 characters, usage and response metadata);"
+        " prompts are 200 bytes unless said otherwise.",
+        "",
+        "## Targets",
+        "",
+        targets_table(results, sizes),
+        "How to read the targets:",
+        "",
+        "- **raw driver** is the floor: SQLCache's lookup statement (the entry joined to its"
+        " generations by `key_hash`, live entries only, ordered by `idx`) written by hand, sent"
+        " as one parametrized, prepared query (psycopg `prepare=True`; asyncpg caches its"
+        " prepared statements; PyMySQL and aiomysql interpolate client-side, MySQL's usual"
+        " way) on a persistent autocommit connection, rows returned undecoded. SQLCache on"
+        " top of it hashes the key, checks a connection out of SQLAlchemy's pool, runs the"
+        " cached compiled statement and rebuilds the Generation objects.",
+        "- **async** compares SQLCache.alookup with the same query on a raw async pool of"
+        f" {POOL_CAPACITY} connections, SQLAlchemy's default pool capacity (5 + 10 overflow),"
+        " at 1, 16 and 64 concurrent tasks; best of"
+        f" {plan.rounds} round{'s' if plan.rounds > 1 else ''} of {plan.async_ops:,} hits.",
+        "- **statements per update** counts `before_cursor_execute` events on the writer engine"
+        " (an executemany counts once) plus COMMIT; psycopg also sends a BEGIN of its own, and"
+        " SQLite's `BEGIN IMMEDIATE` (which makes a writer wait for the lock rather than fail) is"
+        " a statement there. The value's statements are the upsert of the entry, the DELETE of"
+        " its old generations and one executemany INSERT of the new ones, whatever their number."
+        " By default every 100th update also runs a pruning batch in its own transaction.",
+        "- **growth** looks up random entries across the whole table (not a hot set), so a large"
+        " table that outgrows the server's buffer cache shows it.",
+        "",
+        "## Sync latency",
+        "",
+        f"{plan.hits:,} hits over {plan.hot_keys} keys, {plan.hits:,} misses and"
+        f" {plan.updates:,} updates of new keys per subject after {plan.warmup} warm-up lookups;"
+        " the subjects take turns on each key, in rotating order. SQLCache runs with its defaults"
+        ' (`on_error="raise"` so that a failure cannot pass for a miss).',
+        "",
+        *(sync_table(r) for r in results),
+        "## Async throughput",
+        "",
+        *(throughput_table(r) for r in results),
+        "## Statements per update",
+        "",
+        *(trips_table(r) for r in results),
+        "## Growth",
+        "",
+        "The table is filled with real cache rows (codec.encode_entry, as `update` writes them;"
+        f" alternately 1 and 4 generations) by executemany INSERTs of {FILL_BATCH:,} entries;"
+        " Postgres and MariaDB then ANALYZE the tables. Lookups of 200-byte prompts pick random"
+        f" entries of the whole table; 20 KB and 1 MB prompts are {plan.probes_20kb} and"
+        f" {plan.probes_1mb} entries written by `update` beside them. A 1 MB prompt spends most"
+        " of its time hashing the prompt (the raw query gets the key for free).",
+        "",
+        *(growth_table(r) for r in results),
+        f"![hit latency against table size]({Path(plot).name})" if plot else "",
+        "",
+        "## Memory",
+        "",
+        "Each operation runs in a new Python process (this script with a hidden `--child`"
+        " option) over the largest table; peak RSS is the kernel's high-water mark (VmHWM)."
+        " `export` streams every entry of the namespace through `transfer.export_records` and"
+        " `to_line` (to /dev/null); `prune` runs with `max_entries` at 1% of the entries, so it"
+        " deletes 99% of them in batches of 1,000; `clear` deletes the namespace. RSS before"
+        " is the process after imports and engine setup.",
+        "",
+        *(memory_table(r) for r in results),
+    ]
+    if profiles:
+        parts += [
+            "## Where a hit's time goes (Postgres)",
+            "",
+            "pyinstrument, sampling every 0.1 ms, over lookups of hot keys from one thread /"
+            " one task. Inclusive shares of steps (nested matches counted once), then the"
+            " functions with the most self time. Time in the driver's socket wait is the"
+            " database round trip itself.",
+            "",
+            *(profile_table(p) for p in profiles),
+        ]
+    errors = [f"- {r.name}: {e}" for r in results for e in r.errors]
+    if errors:
+        parts += ["## What did not run", "", *errors, ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_plot(results: list[BackendResult], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    drawn = False
+    for number, result in enumerate(results):
+        rows = [r for r in result.growth if r.prompt == "200 B" and r.generations == 1]
+        if not rows:
+            continue
+        color = f"C{number}"
+        sizes = [r.size for r in rows]
+        axes.plot(sizes, [r.sqlcache.p50 for r in rows], "o-", color=color,
+                  label=f"{result.name}: SQLCache")  # fmt: skip
+        axes.plot(sizes, [r.floor.p50 for r in rows], "s--", color=color, alpha=0.6,
+                  label=f"{result.name}: raw driver")  # fmt: skip
+        drawn = True
+    if not drawn:
+        pyplot.close(figure)
+        return False
+    axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("entries in the table")
+    axes.set_ylabel("hit latency p50 (µs)")
+    axes.set_title("Sync hit, 200 B prompt, 1 generation")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated: sqlite,postgresql,mysql (default: all)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: few operations, sizes 1,000 and 10,000")  # fmt: skip
+    parser.add_argument("--sizes", default=None,
+                        help="table sizes for the growth and memory runs "
+                             "(default: 1000,100000,1000000)")  # fmt: skip
+    parser.add_argument("--output", default=None,
+                        help="Markdown report to write, with a .png beside it (default: "
+                             "docs/benchmarks.md for a full run; none for --quick)")  # fmt: skip
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # langchain_community announces its sunset, and loads() its allowed_objects default.
+    warnings.filterwarnings("ignore", message=".*langchain-community.*")
+    warnings.filterwarnings("ignore", message=".*allowed_objects.*")
+    if args.child:
+        operation, url, max_entries = args.child
+        child(operation, url, int(max_entries))
+        return
+    plan = QUICK if args.quick else FULL
+    names = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    if args.sizes:
+        sizes = sorted({int(size.replace("_", "")) for size in args.sizes.split(",")})
+    else:
+        sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    output = args.output or (None if args.quick else "docs/benchmarks.md")
+    command = shlex.join([".venv/bin/python", "bench/performance.py", *sys.argv[1:]])
+    started = now_utc()
+    load_before = os.getloadavg()
+    results: list[BackendResult] = []
+    profiles: list[Profile] = []
+    with tempfile.TemporaryDirectory(prefix="sqlcache-bench-") as work:
+        for name in names:
+            result, found = run_backend(name, plan, sizes, Path(work))
+            results.append(result)
+            profiles += found
+    plot: str | None = None
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        png = Path(output).with_suffix(".png")
+        if write_plot(results, png):
+            plot = str(png)
+    text_report = report(
+        results, profiles, sizes, plan, command, started, (load_before, os.getloadavg()), plot
+    )
+    print(text_report)
+    if output:
+        Path(output).write_text(text_report, encoding="utf-8")
+        log(f"wrote {output}" + (f" and {plot}" if plot else ""))
+
+
+if __name__ == "__main__":
+    main()
