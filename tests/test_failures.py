@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlcache import CacheUnavailableError, SchemaError, SQLCache
+from langchain_sqlcache import cache as cache_module
+from langchain_sqlcache import engines as engines_module
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import is_transient
 from tests.conftest import Backend, sync_engine, unique_namespace
@@ -140,6 +142,42 @@ async def test_killed_connections_are_replaced(backend: Backend, empty_db: str) 
         cache.update("p", LLM, VALUE)
         await cache.aupdate("p", LLM, VALUE)
     assert cache.stats().failures == 0
+    await cache.aclose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("idle", [True, False])
+async def test_idle_connections_are_pinged_before_use(
+    backend: Backend, empty_db: str, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle past IDLE_PING_SECONDS is pinged and replaced without a retry.
+
+    Connections just returned are not pinged (one round trip per lookup): killed ones are
+    then replaced by the retry, after a backoff; the second case shows it, so the first one
+    shows what the ping saves.
+    """
+    backoffs: list[int] = []
+    real_backoff = cache_module._backoff
+
+    def counted_backoff(attempt: int) -> float:
+        backoffs.append(attempt)
+        return real_backoff(attempt)
+
+    monkeypatch.setattr(cache_module, "_backoff", counted_backoff)
+    cache = SQLCache(empty_db, namespace="idle")
+    cache.update("p", LLM, VALUE)
+    assert await cache.alookup("p", LLM) == VALUE
+    if idle:  # every pooled connection counts as idle
+        monkeypatch.setattr(engines_module, "IDLE_PING_SECONDS", 0.0)
+    assert kill_connections(backend, empty_db) >= 2
+    assert cache.lookup("p", LLM) == VALUE
+    assert await cache.alookup("p", LLM) == VALUE
+    cache.update("p", LLM, VALUE)
+    assert cache.stats().failures == 0
+    if idle:
+        assert backoffs == []
+    else:
+        assert backoffs
     await cache.aclose()
 
 

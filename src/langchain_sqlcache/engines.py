@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
@@ -251,7 +252,18 @@ def names_async_driver(url: URL) -> bool:
     return "+" in url.drivername and _is_async_driver(url)
 
 
+IDLE_PING_SECONDS = 30.0
+"""A pooled connection idle for longer than this is pinged before use (see _ping_if_idle)."""
+
+
 def _configure(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        _ping_if_idle(dialect, dbapi_connection, record)
+
+    event.listen(engine, "checkin", _note_return)
+    event.listen(engine, "checkout", ping_if_idle)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_immediate)
@@ -308,3 +320,27 @@ def _begin_immediate(connection: Connection) -> None:
     driver_connection = connection.connection.driver_connection
     if getattr(driver_connection, "isolation_level", "") is not None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _note_return(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["returned_at"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """Ping a pooled connection that sat idle, before handing it out.
+
+    ``pool_pre_ping`` would ping every checkout, a second round trip per lookup. A connection
+    in steady use is alive; one idle for a while is the kind a restart, a failover, a proxy or
+    an idle timeout has closed. Pinging only those keeps one round trip per lookup under load,
+    and spares the first call after a quiet spell a failed attempt and a retry. A failed ping
+    makes the pool replace the connection (DisconnectionError).
+    """
+    returned_at = record.info.get("returned_at")
+    if returned_at is None or time.monotonic() - returned_at < IDLE_PING_SECONDS:
+        return
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except Exception as exc:
+        raise DisconnectionError(str(exc)) from exc
+    if not alive:
+        raise DisconnectionError("the pooled connection did not answer a ping")
