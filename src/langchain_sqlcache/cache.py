@@ -19,6 +19,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
@@ -508,7 +509,7 @@ class SQLCache(BaseCache):
             # Tasks that race here each run the check (the migration itself serializes on a
             # database lock); no lock is held across an await, so the cache stays usable from
             # successive event loops.
-            async with self._async_engines.writer.connect() as connection:
+            async with engines.writer.connect() as connection:
                 await connection.run_sync(ensure_schema, self.schema, create=self.create_tables)
             self._async_engines_ready = True
         return engines
@@ -574,12 +575,7 @@ class SQLCache(BaseCache):
         """
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                engines = self._ready_engines()
-                if transaction:
-                    with engines.writer.begin() as connection:
-                        return operation(connection)
-                with engines.reader.connect() as connection:
-                    return operation(connection)
+                return _run_on(self._ready_engines(), transaction, operation)
             except Exception as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
                     raise
@@ -587,7 +583,7 @@ class SQLCache(BaseCache):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _arun(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
-        """Async :meth:`_run`: the same operation, driven by run_sync on the async engine.
+        """Async :meth:`_run`: the same code, on the async engine's pool and driver.
 
         The database work is shielded from the caller's cancellation: a cancelled caller
         gets its CancelledError at once, while the operation finishes on its own, so its
@@ -611,16 +607,35 @@ class SQLCache(BaseCache):
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 engines = await self._ready_async_engines()
-                if transaction:
-                    async with engines.writer.begin() as connection:
-                        return await connection.run_sync(operation)
-                async with engines.reader.connect() as connection:
-                    return await connection.run_sync(operation)
+                # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
+                # the return to the pool, instead of one for each (async with + run_sync).
+                return await greenlet_spawn(
+                    _run_on, engines, transaction, operation, _require_await=False
+                )
             except Exception as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
                     raise
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_on(
+    engines: EnginePair[Engine] | EnginePair[AsyncEngine],
+    transaction: bool,
+    operation: Callable[[Connection], T],
+) -> T:
+    """Run ``operation`` in a writer transaction, or on a reader connection in autocommit.
+
+    The sync methods call it directly; the async ones in SQLAlchemy's greenlet, where the
+    async engine's sync facade drives the async driver.
+    """
+    engine = engines.writer if transaction else engines.reader
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    if transaction:
+        with sync_engine.begin() as connection:
+            return operation(connection)
+    with sync_engine.connect() as connection:
+        return operation(connection)
 
 
 def _now() -> datetime:
