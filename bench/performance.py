@@ -2,9 +2,11 @@
 
 Run: .venv/bin/python bench/performance.py [--quick] [--backends sqlite,postgresql,mysql]
      [--sizes 1000,100000,1000000] [--output docs/benchmarks.md]
-(after `.venv/bin/pip install -e '.[test,bench]'`). A full run takes 20-40 minutes on 2 cores
-and writes docs/benchmarks.md and docs/benchmarks.png; `--quick` is a smoke run of a minute or
-two that writes a report only when given --output.
+(after `.venv/bin/pip install -e '.[test,bench]'`). A full run takes about 45 minutes on 2
+cores, most of it filling, exporting and pruning 1,000,000 entries per backend (--sizes makes
+that smaller), and writes docs/benchmarks.md and docs/benchmarks.png, keeping the hand-written
+block of the earlier report; `--quick` is a smoke run of a minute that writes a report only
+when given --output.
 
 Backends: SQLite (a file in a temporary directory), and Postgres and MariaDB/MySQL at
 $SQLCACHE_TEST_POSTGRES_URL / $SQLCACHE_TEST_MYSQL_URL (the local servers by default), where
@@ -26,7 +28,8 @@ What it measures, each subject on the same rows:
   codec.encode_entry through bulk INSERTs), with 1 and 4 generations and prompts of 200 B,
   20 KB and 1 MB;
 - peak RSS of prune, clear and export over the largest table, each in a fresh process;
-- where the time of a hit goes, on Postgres, with pyinstrument.
+- where the time of a hit goes: its parts timed one by one on every backend, and a
+  pyinstrument profile on Postgres.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -67,10 +71,11 @@ from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.engine import URL, make_url
 
 from langchain_sqlcache import SQLCache
-from langchain_sqlcache.codec import encode_entry
+from langchain_sqlcache.codec import decode_generations, encode_entry
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import CacheUnavailableError, is_transient
 from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.statements import lookup_rows
 from langchain_sqlcache.transfer import count, export_records, to_line
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
@@ -238,6 +243,8 @@ class BackendResult:
     growth: list[GrowthRow] = field(default_factory=list)
     fills: list[tuple[int, float]] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
+    components: dict[str, Stats] = field(default_factory=dict)
+    async_components: dict[str, Stats] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -443,7 +450,14 @@ class AsyncpgFloor:
                     name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
                 )
 
-        pool = await asyncpg.create_pool(_dsn(url), min_size=size, max_size=size, init=json_codecs)
+        async def keep_session(_connection: Any) -> None:
+            # asyncpg resets a released connection's session (RESET ALL, ...) with a round
+            # trip of its own; SQLCache's pool does not, and neither does the floor.
+            return
+
+        pool = await asyncpg.create_pool(
+            _dsn(url), min_size=size, max_size=size, init=json_codecs, reset=keep_session
+        )
         return cls(pool)
 
     async def lookup(self, key_hash: str) -> list[Any]:
@@ -546,6 +560,7 @@ def langchain_caches(backend: Backend, result: BackendResult) -> dict[str, Any]:
 
 def _reason(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = re.sub(r"^\(in table [^)]*\): ", "", first)
     return f"{type(exc).__name__}: {first}"[:140]
 
 
@@ -567,7 +582,7 @@ def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
 
     lookups: dict[str, Callable[[str], object]] = {
         SQLCACHE: lambda prompt: cache.lookup(prompt, LLM),
-        FLOOR: lambda prompt: floor_lookup(keys.get(prompt) or cache._key_hash(prompt, LLM)),
+        FLOOR: lambda prompt: floor_lookup(keys[prompt]),
         **{name: _lookup_of(peer) for name, peer in peers.items()},
     }
     updates: dict[str, Callable[[str], object]] = {
@@ -590,6 +605,7 @@ def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
             samples[name]["hit"].append(elapsed)
     for n in range(plan.hits):
         prompt = prompt_of(f"missing {n}", PROMPT_SIZES["200 B"])
+        keys[prompt] = cache._key_hash(prompt, LLM)  # the floor gets its key for free
         for name, call in _rotated(lookups, n):
             samples[name]["miss"].append(_ns(lambda: call(prompt))[0])  # noqa: B023
     for n in range(plan.updates):
@@ -625,12 +641,10 @@ def _rotated(
 
 
 def async_throughput(backend: Backend, plan: Plan, result: BackendResult) -> None:
-    result.throughput = asyncio.run(_async_throughput(backend, plan, result))
+    result.throughput = asyncio.run(_async_throughput(backend, plan))
 
 
-async def _async_throughput(
-    backend: Backend, plan: Plan, result: BackendResult
-) -> dict[str, dict[int, float]]:
+async def _async_throughput(backend: Backend, plan: Plan) -> dict[str, dict[int, float]]:
     cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
     pooled = SQLCache(
         backend.url,
@@ -704,6 +718,7 @@ def update_round_trips(backend: Backend, result: BackendResult) -> None:
     """Statements, COMMITs and driver BEGINs that one update sends, by generation count."""
     # prune_every=None: the default runs one pruning batch in its own transaction every 100th
     # update, which is not part of an update.
+    result.trips = []
     cache = SQLCache(backend.url, namespace=TRIPS_NS, on_error="raise", prune_every=None)
     cache.update("warm-up", LLM, answer(0, 1))  # schema check, first connection
     engine = cache._ready_engines().writer
@@ -824,6 +839,7 @@ def analyze(engine: Engine) -> None:
 
 def growth(backend: Backend, plan: Plan, sizes: Sequence[int], result: BackendResult) -> None:
     """Hit p50 of SQLCache and of the floor as the table grows through ``sizes``."""
+    result.growth, result.fills = [], []
     cache = SQLCache(backend.url, namespace=GROWTH_NS, on_error="raise", prune_every=None)
     probes = SQLCache(backend.url, namespace=PROBE_NS, on_error="raise", prune_every=None)
     floor_lookup, floor_close = sync_floor(backend)
@@ -896,19 +912,35 @@ def _growth_row(
 
 def memory(backend: Backend, size: int, result: BackendResult) -> None:
     """Peak RSS of export, prune and clear over ``size`` filler entries, each in a new process."""
+    result.memory = []
     engine = create_engine(backend.sync_url)
     try:
+        with engine.connect() as connection:
+            held = connection.execute(
+                text("SELECT count(*) FROM llm_cache_entry WHERE namespace = :ns"),
+                {"ns": GROWTH_NS},
+            ).scalar_one()
+        if held > size:  # a larger table from an earlier attempt, or one pruned midway
+            _clear_growth(backend)
         fill(engine, size)
         result.memory.append(_child(backend, "export", size))
         result.memory.append(_child(backend, "prune", max(1, size // 100)))
-        cache = SQLCache(backend.url, namespace=GROWTH_NS, on_error="raise")
-        cache.clear()  # what prune left
-        cache.close()
+        _clear_growth(backend)  # what prune left
         log(f"{backend.name}: refilling {size:,} entries for clear")
         result.fills.append((size, fill(engine, size)))
         result.memory.append(_child(backend, "clear", 0))
     finally:
         engine.dispose()
+
+
+class ChildFailedError(RuntimeError):
+    """A measuring child process exited with an error (a server restart, most often)."""
+
+
+def _clear_growth(backend: Backend) -> None:
+    cache = SQLCache(backend.url, namespace=GROWTH_NS, on_error="raise")
+    cache.clear()
+    cache.close()
 
 
 def _child(backend: Backend, operation: str, max_entries: int) -> MemoryRow:
@@ -917,8 +949,9 @@ def _child(backend: Backend, operation: str, max_entries: int) -> MemoryRow:
     command = [sys.executable, __file__, "--child", operation, url, str(max_entries)]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
-        msg = f"{operation} child failed: {completed.stderr.strip().splitlines()[-1:]}"
-        raise RuntimeError(msg)
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        msg = f"{operation} in a child process failed: {last}"
+        raise ChildFailedError(msg)
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     return MemoryRow(**report)
 
@@ -963,7 +996,100 @@ def _rss_kib(field_name: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-# -- 6. profile of the hit path -------------------------------------------------------------
+# -- 6. the parts of a hit, timed one by one --------------------------------------------------
+
+LOOKUP, HASH, CHECKOUT, HELD, READ, DECODE = (
+    "SQLCache.lookup, whole",
+    "key hash (codec.entry_key)",
+    "pool checkout and return, nothing run",
+    "lookup statement on a held connection (SQLAlchemy execute + fetch)",
+    "_read: retry wrapper + checkout + statement + return",
+    "decode_generations (rows to ChatGeneration)",
+)
+ALOOKUP, AREAD, AUNSHIELDED, AHELD, AFLOOR = (
+    "SQLCache.alookup, whole",
+    "_aread: ensure_future + shield + _arun_unshielded",
+    "_arun_unshielded: retry wrapper + checkout + statement + return",
+    "run_sync(lookup statement) on a held connection",
+    "raw async driver, one connection",
+)
+
+
+def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
+    """Time the parts of a hit separately, interleaved, so that their costs can be subtracted."""
+    cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+    hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
+    for prompt in hot:
+        cache.update(prompt, LLM, answer(1, 1))
+    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    floor_lookup, floor_close = sync_floor(backend)
+    reader = cache._ready_engines().reader
+    now = now_utc()
+    with reader.connect() as held:
+        rows = {prompt: lookup_rows(held, keys[prompt], now) for prompt in hot}
+
+        def checkout() -> None:
+            with reader.connect():
+                pass
+
+        calls: dict[str, Callable[[str], object]] = {
+            LOOKUP: lambda prompt: cache.lookup(prompt, LLM),
+            HASH: lambda prompt: cache._key_hash(prompt, LLM),
+            CHECKOUT: lambda _prompt: checkout(),
+            HELD: lambda prompt: lookup_rows(held, keys[prompt], now),
+            READ: lambda prompt: cache._read(lookup_rows, keys[prompt], now),
+            DECODE: lambda prompt: decode_generations(rows[prompt], key_hash=keys[prompt]),
+            FLOOR: lambda prompt: floor_lookup(keys[prompt]),
+        }
+        samples: dict[str, list[int]] = defaultdict(list)
+        rng = random.Random(3)
+        for n in range(plan.warmup + plan.hits):
+            prompt = rng.choice(hot)
+            for name, call in _rotated(calls, n):
+                elapsed, _ = _ns(lambda: call(prompt))  # noqa: B023
+                if n >= plan.warmup:
+                    samples[name].append(elapsed)
+    floor_close()
+    cache.close()
+    result.components = {name: Stats.of(samples[name]) for name in calls}
+    result.async_components = asyncio.run(_async_components(backend, plan, hot))
+
+
+async def _async_components(backend: Backend, plan: Plan, hot: list[str]) -> dict[str, Stats]:
+    cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
+    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    floor = await async_floor(backend, 1)
+    await cache.alookup(hot[0], LLM)  # this loop's pool
+    reader = (await cache._ready_async_engines()).reader
+    now = now_utc()
+    samples: dict[str, list[int]] = defaultdict(list)
+    async with reader.connect() as held:
+        calls: dict[str, Callable[[str], Awaitable[object]]] = {
+            ALOOKUP: lambda prompt: cache.alookup(prompt, LLM),
+            AREAD: lambda prompt: cache._aread(lookup_rows, keys[prompt], now),
+            AUNSHIELDED: lambda prompt: cache._arun_unshielded(
+                False,
+                lambda connection: lookup_rows(connection, keys[prompt], now),
+            ),
+            AHELD: lambda prompt: held.run_sync(lookup_rows, keys[prompt], now),
+            AFLOOR: lambda prompt: floor.lookup(keys[prompt]),
+        }
+        rng = random.Random(4)
+        for n in range(plan.warmup + plan.hits):
+            prompt = rng.choice(hot)
+            items = list(calls.items())
+            shift = n % len(items)
+            for name, call in items[shift:] + items[:shift]:
+                started = time.perf_counter_ns()
+                await call(prompt)
+                if n >= plan.warmup:
+                    samples[name].append(time.perf_counter_ns() - started)
+    await floor.close()
+    await cache.aclose()
+    return {name: Stats.of(samples[name]) for name in calls}
+
+
+# -- 7. profile of the hit path -------------------------------------------------------------
 
 # Inclusive time of these frames (function name, a piece of its file path), nested ones once.
 SYNC_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -1114,37 +1240,48 @@ def _frame_name(function: str, path: str, line: int | None) -> str:
 # -- running it -----------------------------------------------------------------------------
 
 
-def retrying(label: str, step: Callable[[], None], result: BackendResult) -> None:
+def retrying(label: str, step: Callable[[], None], result: BackendResult) -> bool:
     """Run a step; rerun it after a pause when a server was briefly away (up to 3 times)."""
     for attempt in range(1, 4):
         try:
             step()
-            return
+            return True
         except Exception as exc:  # noqa: BLE001 - a failed step is reported, the run goes on
             transient = (
                 is_transient(exc)
-                or isinstance(exc, (CacheUnavailableError, OSError))
+                or isinstance(exc, (CacheUnavailableError, ChildFailedError, OSError))
                 or type(exc).__module__.split(".")[0] in ("asyncpg", "psycopg", "pymysql")
             )
             log(f"{result.name}: {label} failed ({_reason(exc)})")
             if not transient or attempt == 3:
                 result.errors.append(f"{label}: {_reason(exc)}")
-                return
+                return False
             time.sleep(10)
+    return False
 
 
 def run_backend(
     name: str, plan: Plan, sizes: Sequence[int], work: Path
 ) -> tuple[BackendResult, list[Profile]]:
     result = BackendResult(name)
-    backend = scratch_backend(name, work)
+    backends: list[Backend] = []
     profiles: list[Profile] = []
+
+    def prepare() -> None:
+        backends.append(scratch_backend(name, work))
+        result.server = server_version(backends[-1])
+
+    if not retrying("scratch database", prepare, result):
+        return result, profiles
+    backend = backends[-1]
     try:
-        result.server = server_version(backend)
-        log(f"{name}: {result.server.splitlines()[0]}")
+        log(f"{name}: {result.server}")
         log(f"{name}: sync latency")
         retrying("sync latency", lambda: sync_latency(backend, plan, result), result)
         print(sync_table(result), flush=True)
+        log(f"{name}: the parts of a hit")
+        retrying("parts of a hit", lambda: components(backend, plan, result), result)
+        print(components_table(result), flush=True)
         log(f"{name}: async throughput")
         retrying("async throughput", lambda: async_throughput(backend, plan, result), result)
         print(throughput_table(result), flush=True)
@@ -1272,6 +1409,50 @@ def memory_table(result: BackendResult) -> str:
             f" | {row.peak_mib:.0f} MiB | {row.detail} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def components_table(result: BackendResult) -> str:
+    """Each part of a hit timed alone, and what the differences of their medians say."""
+    lines: list[str] = []
+    sync, asyn = result.components, result.async_components
+    if sync:
+        p50 = {name: stats.p50 for name, stats in sync.items()}
+        derived = {
+            "= SQLAlchemy's cost over the raw driver for the statement": p50[HELD] - p50[FLOOR],
+            "= retry wrapper and engine checks (_read - checkout - statement)": (
+                p50[READ] - p50[CHECKOUT] - p50[HELD]
+            ),
+            "= the rest of lookup (lookup - _read - decode - hash)": (
+                p50[LOOKUP] - p50[READ] - p50[DECODE] - p50[HASH]
+            ),
+        }
+        title = f"#### {result.name}: the parts of a sync hit (p50, each timed alone)"
+        lines += _parts(title, p50, derived, p50[LOOKUP])
+    if asyn:
+        p50 = {name: stats.p50 for name, stats in asyn.items()}
+        derived = {
+            "= key hash + decode (alookup - _aread)": p50[ALOOKUP] - p50[AREAD],
+            "= ensure_future + shield (_aread - _arun_unshielded)": p50[AREAD] - p50[AUNSHIELDED],
+            "= retry wrapper + checkout + return (_arun_unshielded - held)": (
+                p50[AUNSHIELDED] - p50[AHELD]
+            ),
+            "= SQLAlchemy + greenlet over the raw driver (held - raw)": p50[AHELD] - p50[AFLOOR],
+        }
+        title = f"#### {result.name}: the parts of an async hit, one task (p50)"
+        lines += _parts(title, p50, derived, p50[ALOOKUP])
+    return "\n".join(lines)
+
+
+def _parts(title: str, p50: dict[str, float], derived: dict[str, float], whole: float) -> list[str]:
+    rows = {**p50, **derived}
+    return [
+        title,
+        "",
+        "| part | p50 | share of the whole call |",
+        "|---|---|---|",
+        *(f"| {name} | {_us(value)} | {value / whole:.0%} |" for name, value in rows.items()),
+        "",
+    ]
 
 
 def profile_table(profile: Profile) -> str:
@@ -1419,6 +1600,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {ram}, {platform.system()} {platform.machine()}"
 
 
+@functools.cache
+def source_revision() -> str:
+    """The commit measured and whether src/ differs from it (read once, at the start)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "src")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes in src/" if dirty else "")
+
+
 def versions() -> str:
     packages = (
         "sqlalchemy",
@@ -1458,13 +1661,13 @@ def report(
         "",
         f"Produced by `{command}` on {started:%Y-%m-%d} "
         f"({'a --quick smoke run: small samples, indicative only' if quick else 'a full run'},"
-        f" {(now_utc() - started).total_seconds() / 60:.0f} minutes).",
+        f" {(now_utc() - started).total_seconds() / 60:.0f} min).",
         "",
         f"- Machine: {machine()}; load average {load[0][0]:.2f} at the start, "
         f"{load[1][0]:.2f} at the end (other work on the machine shifts absolute times; the "
         "subjects are interleaved so that it shifts them alike).",
-        f"- Versions: {versions()}.",
-        *(f"- {r.name} server: {r.server.splitlines()[0] if r.server else 'n/a'}" for r in results),
+        f"- Versions: {versions()}; langchain-sqlcache at commit {source_revision()}.",
+        *(f"- {r.name}: {r.server or 'n/a'}" for r in results),
         "- SQLite is a file in a temporary directory; Postgres and MariaDB are the local servers"
         f" on loopback with their Debian defaults, in a scratch database `{SCRATCH}`.",
         "",
@@ -1487,7 +1690,9 @@ def report(
         "- **async** compares SQLCache.alookup with the same query on a raw async pool of"
         f" {POOL_CAPACITY} connections, SQLAlchemy's default pool capacity (5 + 10 overflow),"
         " at 1, 16 and 64 concurrent tasks; best of"
-        f" {plan.rounds} round{'s' if plan.rounds > 1 else ''} of {plan.async_ops:,} hits.",
+        f" {plan.rounds} round{'s' if plan.rounds > 1 else ''} of {plan.async_ops:,} hits."
+        " asyncpg's pool runs without the session-reset query it sends on each release by"
+        " default, so that its lookup is one round trip, as SQLCache's is.",
         "- **statements per update** counts `before_cursor_execute` events on the writer engine"
         " (an executemany counts once) plus COMMIT; psycopg also sends a BEGIN of its own, and"
         " SQLite's `BEGIN IMMEDIATE` (which makes a writer wait for the lock rather than fail) is"
@@ -1536,14 +1741,26 @@ def report(
         "",
         *(memory_table(r) for r in results),
     ]
+    parts += [
+        "## Where a hit's time goes",
+        "",
+        "First each part of a hit timed on its own, the parts interleaved key by key"
+        f" ({plan.hits:,} rounds over {plan.hot_keys} hot keys); differences of medians"
+        " approximate the costs in between. `held` is a connection checked out once and kept;"
+        " the raw driver is the floor above.",
+        "",
+        *(components_table(r) for r in results),
+    ]
     if profiles:
         parts += [
-            "## Where a hit's time goes (Postgres)",
-            "",
-            "pyinstrument, sampling every 0.1 ms, over lookups of hot keys from one thread /"
-            " one task. Inclusive shares of steps (nested matches counted once), then the"
-            " functions with the most self time. Time in the driver's socket wait is the"
-            " database round trip itself.",
+            "Then a profile on Postgres: pyinstrument, sampling every 0.1 ms, over lookups of hot"
+            " keys from one thread / one task. Inclusive shares of steps (nested matches counted"
+            " once), self time by package, and the functions with the most self time. The"
+            " profiler adds a cost to every call, so code made of many small calls (key"
+            " hashing, event dispatch) looks more expensive here than in the timings above."
+            " Waiting for the server (psycopg's `wait`, the event loop's `epoll.poll`) is the"
+            " database round trip itself; psycopg's C calls appear as self time of its Python"
+            " frames.",
             "",
             *(profile_table(p) for p in profiles),
         ]
@@ -1559,7 +1776,7 @@ def write_plot(results: list[BackendResult], path: Path) -> bool:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    figure, axes = pyplot.subplots(figsize=(9, 4.5))
     drawn = False
     for number, result in enumerate(results):
         rows = [r for r in result.growth if r.prompt == "200 B" and r.generations == 1]
@@ -1581,7 +1798,7 @@ def write_plot(results: list[BackendResult], path: Path) -> bool:
     axes.set_ylabel("hit latency p50 (µs)")
     axes.set_title("Sync hit, 200 B prompt, 1 generation")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
@@ -1621,6 +1838,7 @@ def main() -> None:
     output = args.output or (None if args.quick else "docs/benchmarks.md")
     command = shlex.join([".venv/bin/python", "bench/performance.py", *sys.argv[1:]])
     started = now_utc()
+    source_revision()  # the code this process imports now, whatever changes during the run
     load_before = os.getloadavg()
     results: list[BackendResult] = []
     profiles: list[Profile] = []
