@@ -10,8 +10,8 @@ when given --output.
 
 Backends: SQLite (a file in a temporary directory), and Postgres and MariaDB/MySQL at
 $SQLCACHE_TEST_POSTGRES_URL / $SQLCACHE_TEST_MYSQL_URL (the local servers by default), where
-the benchmark works in a scratch database, `sqlcache_bench`, that it creates afresh and drops at
-the end: the tests' database is never touched.
+the benchmark works in a scratch database of its own, `sqlcache_bench_<pid>`, that it creates
+and drops at the end: the tests' database is never touched.
 
 What it measures, each subject on the same rows:
 
@@ -46,6 +46,7 @@ import random
 import re
 import resource
 import shlex
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -85,7 +86,8 @@ SERVER_URLS = {
     ),
     "mysql": os.environ.get("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
 }
-SCRATCH = "sqlcache_bench"
+# One scratch database per run, so that two runs on one server never share tables.
+SCRATCH = f"sqlcache_bench_{os.getpid()}"
 LLM = "[('_type', 'openai-chat'), ('model_name', 'gpt-4o-mini'), ('temperature', 0.0)]"
 HOT_NS, TRIPS_NS, GROWTH_NS, PROBE_NS = "bench", "bench-trips", "bench-growth", "bench-probe"
 # Entries filled in bulk get ids from here up, clear of the ids the cache's own writes draw.
@@ -236,6 +238,7 @@ class BackendResult:
 
     name: str
     server: str = ""
+    pool: str = ""
     sync: dict[str, dict[str, Stats]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     throughput: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -289,7 +292,8 @@ def drop_backend(backend: Backend) -> None:
     if backend.name == "sqlite":
         return
     force = " WITH (FORCE)" if backend.name == "postgresql" else ""
-    _admin(backend.url, f"DROP DATABASE IF EXISTS {SCRATCH}{force}")
+    # From the server's own database: Postgres cannot drop the one a session is in.
+    _admin(make_url(SERVER_URLS[backend.name]), f"DROP DATABASE IF EXISTS {SCRATCH}{force}")
 
 
 def _admin(server: URL, *statements: str) -> None:
@@ -641,17 +645,25 @@ def _rotated(
 
 
 def async_throughput(backend: Backend, plan: Plan, result: BackendResult) -> None:
-    result.throughput = asyncio.run(_async_throughput(backend, plan))
+    result.throughput = asyncio.run(_async_throughput(backend, plan, result))
 
 
-async def _async_throughput(backend: Backend, plan: Plan) -> dict[str, dict[int, float]]:
+async def _async_throughput(
+    backend: Backend, plan: Plan, result: BackendResult
+) -> dict[str, dict[int, float]]:
     cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
-    pooled = SQLCache(
-        backend.url,
-        namespace=HOT_NS,
-        on_error="raise",
-        pool_size=POOL_CAPACITY,
-        max_overflow=0,
+    result.pool = _pool_of(cache)
+    # SQLCache with a pool as large as the raw one, unless that is already what it builds.
+    pooled = (
+        None
+        if result.pool == f"pool_size={POOL_CAPACITY}, max_overflow=0"
+        else SQLCache(
+            backend.url,
+            namespace=HOT_NS,
+            on_error="raise",
+            pool_size=POOL_CAPACITY,
+            max_overflow=0,
+        )
     )
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
     keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
@@ -663,10 +675,11 @@ async def _async_throughput(backend: Backend, plan: Plan) -> dict[str, dict[int,
     }
     subjects: dict[str, Callable[[str], Awaitable[object]]] = {
         SQLCACHE: lambda prompt: cache.alookup(prompt, LLM),
-        SQLCACHE_POOLED: lambda prompt: pooled.alookup(prompt, LLM),
         FLOOR: lambda prompt: floor.lookup(keys[prompt]),
         **{name: _alookup_of(peer) for name, peer in peers.items()},
     }
+    if pooled is not None:
+        subjects[SQLCACHE_POOLED] = lambda prompt: pooled.alookup(prompt, LLM)
     best: dict[str, dict[int, float]] = defaultdict(dict)
     for call in subjects.values():  # fill the pools and the statement caches
         await _rate(call, hot, max(CONCURRENCY), max(CONCURRENCY) * 4)
@@ -679,10 +692,19 @@ async def _async_throughput(backend: Backend, plan: Plan) -> dict[str, dict[int,
                 best[name][tasks] = max(rate, best[name].get(tasks, 0.0))
     await floor.close()
     await cache.aclose()
-    await pooled.aclose()
+    if pooled is not None:
+        await pooled.aclose()
     for peer in peers.values():
         peer.engine.dispose()
     return dict(best)
+
+
+def _pool_of(cache: SQLCache) -> str:
+    """The pool settings of the async engine a cache built."""
+    engines = cache._async_engines
+    pool: Any = engines.reader.sync_engine.pool if engines is not None else None
+    size = pool.size() if hasattr(pool, "size") else "?"
+    return f"pool_size={size}, max_overflow={getattr(pool, '_max_overflow', '?')}"
 
 
 def _alookup_of(peer: Any) -> Callable[[str], Awaitable[object]]:
@@ -1300,8 +1322,7 @@ def run_backend(
         retrying("memory", lambda: memory(backend, max(sizes), result), result)
         print(memory_table(result), flush=True)
     finally:
-        with contextlib.suppress(Exception):
-            drop_backend(backend)
+        retrying("dropping the scratch database", lambda: drop_backend(backend), result)
     return result, profiles
 
 
@@ -1345,13 +1366,15 @@ def throughput_table(result: BackendResult) -> str:
         "|---|" + "---|" * len(CONCURRENCY),
     ]
     labels = {
-        SQLCACHE: "SQLCache.alookup (default pool: 5 + 10 overflow)",
+        SQLCACHE: f"SQLCache.alookup (the pool it builds: {result.pool or '?'})",
         SQLCACHE_POOLED: f"SQLCache.alookup (pool_size={POOL_CAPACITY}, max_overflow=0)",
         FLOOR: f"raw async pool ({POOL_CAPACITY} connections)",
         LC_CACHE: "SQLAlchemyCache.alookup (thread pool)",
     }
     for name, label in labels.items():
         rates = result.throughput.get(name)
+        if rates is None and name == SQLCACHE_POOLED:
+            continue  # SQLCache builds that pool itself: the row above
         if rates is None:
             lines.append(f"| {label} | {result.failures.get(name, 'not measured')} | | |")
             continue
@@ -1669,7 +1692,7 @@ def report(
         f"- Versions: {versions()}; langchain-sqlcache at commit {source_revision()}.",
         *(f"- {r.name}: {r.server or 'n/a'}" for r in results),
         "- SQLite is a file in a temporary directory; Postgres and MariaDB are the local servers"
-        f" on loopback with their Debian defaults, in a scratch database `{SCRATCH}`.",
+        " on loopback with their Debian defaults, in a scratch database created for the run.",
         "",
         "Absolute times depend on the machine; compare the ratios. Each cache writes the same"
         " value: one ChatGeneration (AIMessage of ~400 characters, usage and response metadata);"
@@ -1819,6 +1842,8 @@ def main() -> None:
                              "docs/benchmarks.md for a full run; none for --quick)")  # fmt: skip
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # A terminated run still drops its scratch databases and temporary files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # langchain_community announces its sunset, and loads() its allowed_objects default.
     warnings.filterwarnings("ignore", message=".*langchain-community.*")
     warnings.filterwarnings("ignore", message=".*allowed_objects.*")
