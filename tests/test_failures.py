@@ -198,6 +198,12 @@ def test_transient_errors_are_recognised() -> None:
     assert is_transient(wrapped(Driver(2013, "Lost connection")))
     assert is_transient(wrapped(Driver("database is locked")))
     assert is_transient(ConnectionRefusedError())
+    # psycopg in pipeline mode (executemany) reports a shutdown met mid-pipeline without a
+    # code, raised while handling the AdminShutdown (seen in the restart test).
+    pipeline_error = Driver("cannot exit pipeline mode while busy")
+    pipeline_error.__context__ = Driver("terminating connection", sqlstate="57P01")
+    assert is_transient(wrapped(pipeline_error))
+    assert not is_transient(wrapped(Driver("cannot exit pipeline mode while busy")))
     assert not is_transient(wrapped(Driver("syntax", sqlstate="42601")))
     assert not is_transient(wrapped(Driver(1146, "Table doesn't exist")))
     assert not is_transient(wrapped(Driver("no such table: llm_cache_entry")))

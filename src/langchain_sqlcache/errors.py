@@ -77,8 +77,7 @@ def is_transient(exc: BaseException) -> bool:
     if exc.connection_invalidated:
         return True
     orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in TRANSIENT_SQLSTATES):
+    if any(_transient_sqlstate(error) for error in _chain(orig)):
         return True
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int) and args[0] in TRANSIENT_MYSQL_CODES:
@@ -91,3 +90,23 @@ def is_transient(exc: BaseException) -> bool:
         "connection" in message.lower()
         and (isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)))
     )
+
+
+def _transient_sqlstate(error: BaseException) -> bool:
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith("08") or sqlstate in TRANSIENT_SQLSTATES
+    )
+
+
+def _chain(error: BaseException | None, depth: int = 5) -> list[BaseException]:
+    """The error and the ones it was raised from or during, nearest first.
+
+    psycopg's executemany reports a server shutdown (57P01) met in pipeline mode as a
+    code-less "cannot exit pipeline mode while busy", raised while handling the real error.
+    """
+    chain: list[BaseException] = []
+    while error is not None and len(chain) < depth:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
