@@ -146,6 +146,26 @@ async def test_prune_deletes_in_bounded_batches(
     assert len(deletes) == 4  # 3 + 3 + 3 + 1, each in its own transaction
 
 
+async def test_prune_counts_the_namespace_once(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    cache = make_cache(max_entries=3, batch_size=2, prune_every=None)
+    for i in range(10):
+        cache.update(f"p{i}", LLM, VALUE)
+    assert cache._engines is not None
+    engines = cache._engines
+    # A reader that shares the writer's pool also fires the writer's listeners.
+    shared = engines.reader.pool is engines.writer.pool
+    log = StatementLog(*((engines.writer,) if shared else (engines.writer, engines.reader)))
+    assert cache.prune() == 7
+    counts = [s for s, _ in log.statements if "count(*)" in s.lower()]
+    deletes = [s for s, _ in log.statements if s.startswith("DELETE FROM llm_cache_entry")]
+    # Recounting before every batch made pruning a large excess quadratic.
+    assert len(counts) == 1
+    assert len(deletes) == 4  # 2 + 2 + 2 + 1
+    assert prompts_left(backend, cache) == ["p7", "p8", "p9"]
+
+
 async def test_automatic_pruning_costs_an_update_one_small_batch(
     backend: Backend, make_cache: Callable[..., SQLCache], family: str
 ) -> None:

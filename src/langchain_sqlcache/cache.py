@@ -37,9 +37,12 @@ from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
 from langchain_sqlcache.statements import (
     clear_batch,
+    delete_expired_batch,
+    delete_oldest_batch,
     delete_value,
     lookup_rows,
-    prune_batch,
+    measure_excess,
+    prune_step,
     record_hits,
     stats_rows,
     write_value,
@@ -257,7 +260,7 @@ class SQLCache(BaseCache):
         try:
             self._write(write_value, entry_row, generation_rows)
             if self._prune_due():
-                self._write(prune_batch, *self._prune_arguments())
+                self._write(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             self._failed("update", exc, None)
 
@@ -267,7 +270,7 @@ class SQLCache(BaseCache):
         try:
             await self._awrite(write_value, entry_row, generation_rows)
             if self._prune_due():
-                await self._awrite(prune_batch, *self._prune_arguments())
+                await self._awrite(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             self._failed("update", exc, None)
 
@@ -325,9 +328,14 @@ class SQLCache(BaseCache):
             How many entries were deleted.
 
         """
+        namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
         removed = 0
         try:
-            while deleted := self._write(prune_batch, *self._prune_arguments()):
+            while deleted := self._write(delete_expired_batch, namespace, now, batch):
+                removed += deleted
+            excess = self._read(measure_excess, namespace, max_entries, max_bytes)
+            while excess:
+                deleted, excess = self._write(delete_oldest_batch, namespace, excess, batch)
                 removed += deleted
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("prune", exc, removed)
@@ -335,9 +343,14 @@ class SQLCache(BaseCache):
 
     async def aprune(self) -> int:
         """Async :meth:`prune`, on the async engine."""
+        namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
         removed = 0
         try:
-            while deleted := await self._awrite(prune_batch, *self._prune_arguments()):
+            while deleted := await self._awrite(delete_expired_batch, namespace, now, batch):
+                removed += deleted
+            excess = await self._aread(measure_excess, namespace, max_entries, max_bytes)
+            while excess:
+                deleted, excess = await self._awrite(delete_oldest_batch, namespace, excess, batch)
                 removed += deleted
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("prune", exc, removed)

@@ -115,9 +115,11 @@ def statements_for(dialect_name: str) -> Statements:
         expired_ids=(
             select(entry.c.id).where(in_namespace, expired).order_by(entry.c.id).limit(batch)
         ),
+        # Keyset pagination: each batch starts after the last one, so a prune never walks
+        # again over the entries (or the dead index tuples) that its earlier batches deleted.
         oldest_entries=(
             select(entry.c.id, entry.c.size_bytes)
-            .where(in_namespace)
+            .where(in_namespace, entry.c.id > bindparam("after_id", type_=Integer))
             .order_by(entry.c.id)
             .limit(batch)
         ),
@@ -294,7 +296,69 @@ def clear_batch(connection: Connection, namespace: str, filters: dict[str, Any],
     return delete_entries(connection, ids)
 
 
-def prune_batch(
+@dataclass(frozen=True)
+class Excess:
+    """What a namespace holds beyond its caps, counted once and carried across batches.
+
+    Counting is a scan of the namespace; recounting before every batch made pruning a large
+    excess quadratic (990,000 entries: 728 s on MariaDB, against 52 s for clear).
+    """
+
+    entries: int
+    bytes: int
+    after_id: int = 0
+    """The last entry id a batch looked at: the next batch starts after it."""
+
+    def __bool__(self) -> bool:
+        return self.entries > 0 or self.bytes > 0
+
+
+def delete_expired_batch(connection: Connection, namespace: str, now: datetime, batch: int) -> int:
+    """Delete one batch of the namespace's expired entries; return how many went."""
+    statements = statements_for(connection.dialect.name)
+    params = {"namespace": namespace, "now": now, "batch": batch}
+    expired = connection.execute(statements.expired_ids, params).scalars().all()
+    return delete_entries(connection, expired)
+
+
+def measure_excess(
+    connection: Connection, namespace: str, max_entries: int | None, max_bytes: int | None
+) -> Excess:
+    """Count the namespace once: how many entries and bytes are over the caps."""
+    if max_entries is None and max_bytes is None:
+        return Excess(0, 0)
+    statements = statements_for(connection.dialect.name)
+    entries, size = connection.execute(statements.namespace_totals, {"namespace": namespace}).one()
+    return Excess(
+        entries=max(0, entries - max_entries) if max_entries is not None else 0,
+        bytes=max(0, int(size) - max_bytes) if max_bytes is not None else 0,
+    )
+
+
+def delete_oldest_batch(
+    connection: Connection, namespace: str, excess: Excess, batch: int
+) -> tuple[int, Excess]:
+    """Delete the oldest entries of one batch that the excess covers.
+
+    Returns how many went and the excess left (the caller's is not changed, so a batch that
+    is retried after a transient failure starts from the same place).
+    """
+    statements = statements_for(connection.dialect.name)
+    params = {"namespace": namespace, "after_id": excess.after_id, "batch": batch}
+    entries, size, after_id = excess.entries, excess.bytes, excess.after_id
+    doomed: list[int] = []
+    # FIFO, as Solid Cache argues: the oldest entries (by first write) go first.
+    for entry_id, entry_size in connection.execute(statements.oldest_entries, params):
+        if entries <= 0 and size <= 0:
+            break
+        doomed.append(entry_id)
+        entries, size, after_id = entries - 1, size - entry_size, entry_id
+    if not doomed:  # the namespace shrank meanwhile: nothing left to evict
+        return 0, Excess(0, 0, after_id)
+    return delete_entries(connection, doomed), Excess(max(0, entries), max(0, size), after_id)
+
+
+def prune_step(
     connection: Connection,
     namespace: str,
     now: datetime,
@@ -302,27 +366,12 @@ def prune_batch(
     max_bytes: int | None,
     batch: int,
 ) -> int:
-    """Delete one bounded batch: expired entries first, then the oldest over the caps."""
-    statements = statements_for(connection.dialect.name)
-    params = {"namespace": namespace, "now": now, "batch": batch}
-    expired = connection.execute(statements.expired_ids, params).scalars().all()
+    """One bounded batch, as automatic pruning runs it: expired entries, else the oldest."""
+    expired = delete_expired_batch(connection, namespace, now, batch)
     if expired:
-        return delete_entries(connection, expired)
-    if max_entries is None and max_bytes is None:
-        return 0
-    entries, size = connection.execute(statements.namespace_totals, params).one()
-    excess_entries = max(0, entries - max_entries) if max_entries is not None else 0
-    excess_bytes = max(0, size - max_bytes) if max_bytes is not None else 0
-    if not excess_entries and not excess_bytes:
-        return 0
-    doomed: list[int] = []
-    # FIFO, as Solid Cache argues: the oldest entries (by first write) go first.
-    for entry_id, entry_size in connection.execute(statements.oldest_entries, params):
-        if len(doomed) >= excess_entries and excess_bytes <= 0:
-            break
-        doomed.append(entry_id)
-        excess_bytes -= entry_size
-    return delete_entries(connection, doomed)
+        return expired
+    excess = measure_excess(connection, namespace, max_entries, max_bytes)
+    return delete_oldest_batch(connection, namespace, excess, batch)[0] if excess else 0
 
 
 def record_hits(connection: Connection, hits: list[dict[str, Any]]) -> None:
