@@ -228,45 +228,6 @@ def in_autocommit(dbapi_connection: Any) -> bool:
     return dbapi_connection.isolation_level is None  # sqlite3, aiosqlite
 
 
-async def test_lookup_is_one_select_in_autocommit(async_cache: SQLCache, family: str) -> None:
-    assert async_cache._engines is not None
-    assert async_cache._async_engines is not None
-    await get(async_cache, family, "warm up", LLM)  # table creation happens once, here
-    log = StatementLog(async_cache._engines.reader, async_cache._async_engines.reader.sync_engine)
-    for prompt in ("miss", "hit"):
-        if prompt == "hit":
-            await put(async_cache, family, prompt, LLM, VALUE)
-        log.clear()
-        await get(async_cache, family, prompt, LLM)
-        assert len(log.statements) == 1, log.statements
-        statement, autocommit = log.statements[0]
-        assert statement.lstrip().upper().startswith("SELECT")
-        # In autocommit the driver sends no BEGIN and the pool no ROLLBACK around it.
-        assert autocommit
-
-
-async def test_update_is_an_upsert_and_two_statements(async_cache: SQLCache, family: str) -> None:
-    assert async_cache._engines is not None
-    assert async_cache._async_engines is not None
-    await get(async_cache, family, "warm up", LLM)
-    log = StatementLog(async_cache._engines.writer, async_cache._async_engines.writer.sync_engine)
-    for size in (1, 4, 2):
-        log.clear()
-        await put(async_cache, family, "p", LLM, [Generation(text=str(i)) for i in range(size)])
-        # Upsert the entry, delete its old generations, insert the new ones (one
-        # executemany): no SELECT before the write, whatever the number of generations.
-        # (MySQL reads max_allowed_packet once per pooled connection, on its first write.)
-        # SQLite transactions take the write lock first (BEGIN IMMEDIATE), so a writer
-        # waits out the busy timeout instead of failing when it finds the lock taken.
-        statements = [s for s, _ in log.statements if "@@max_allowed_packet" not in s]
-        if async_cache._engines.writer.dialect.name == "sqlite":
-            assert statements.pop(0) == "BEGIN IMMEDIATE", log.statements
-        verbs = [s.split(None, 1)[0].upper() for s in statements]
-        assert verbs == ["INSERT", "DELETE", "INSERT"], log.statements
-        upsert = statements[0].upper()
-        assert "ON CONFLICT" in upsert or "ON DUPLICATE KEY UPDATE" in upsert
-
-
 DDL = re.compile(r"^\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
 
 

@@ -19,6 +19,8 @@ from langchain_sqlcache import engines as engines_module
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import is_transient
 from tests.conftest import Backend, sync_engine, unique_namespace
+from tests.helpers import get, put
+from tests.wire import WireTap
 
 LLM = "failure-llm"
 VALUE = [Generation(text="kept")]
@@ -79,6 +81,43 @@ async def test_raise_policy_raises_cache_unavailable(backend: Backend) -> None:
     with pytest.raises(CacheUnavailableError):
         await cache.alookup("p", LLM)
     await cache.aclose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("on_error", ["warn", "raise"])
+async def test_a_server_gone_after_warm_up_follows_the_policy(
+    backend: Backend, family: str, on_error: str
+) -> None:
+    """Pooled connections dropped, new ones refused, then the server back: every path.
+
+    A cache in steady use meets the outage on its pooled connections and then on new
+    ones (refused), on lookups, which go straight to the driver, and on updates.
+    """
+    tap = WireTap(backend.url)
+    cache = SQLCache(tap.url, namespace=unique_namespace(), on_error=on_error)  # type: ignore[arg-type]
+    try:
+        await put(cache, family, "p", LLM, VALUE)
+        assert await get(cache, family, "p", LLM) == VALUE
+        tap.close()
+        for _ in range(2):
+            if on_error == "warn":
+                assert await get(cache, family, "p", LLM) is None
+                await put(cache, family, "q", LLM, VALUE)
+            else:
+                with pytest.raises(CacheUnavailableError) as raised:
+                    await get(cache, family, "p", LLM)
+                # The driver's error, as SQLAlchemy's (or as the OSError asyncpg raises).
+                assert isinstance(raised.value.__cause__, (DBAPIError, OSError))
+                with pytest.raises(CacheUnavailableError):
+                    await put(cache, family, "q", LLM, VALUE)
+        tap.reopen()
+        assert await get(cache, family, "p", LLM) == VALUE
+        assert await get(cache, family, "q", LLM) is None
+    finally:
+        tap.reopen()
+        await cache.aclear()
+        await cache.aclose()
+        tap.close()
 
 
 async def test_stats_raise_under_warn_too() -> None:

@@ -110,21 +110,33 @@ def test_a_connection_turned_read_only_is_replaced(backend: Backend) -> None:
     cache = SQLCache(backend.url, namespace=unique_namespace(), pool_size=1, max_overflow=0)
     assert cache._engines is not None
     cache.lookup("warm up", LLM)
-    cache._engines.writer.dispose()
-    connections: list[Any] = []
+    connections: dict[str, list[Any]] = {}
+    # Updates are one statement on the autocommit engine; deletes a transaction on the
+    # transactional one: each pool meets a standby.
+    for name, engine in (("autocommit", cache._engines.reader), ("writer", cache._engines.writer)):
+        engine.dispose()
+        seen = connections[name] = []
 
-    @event.listens_for(cache._engines.writer, "connect")
-    def first_one_is_a_standby(dbapi_connection: Any, _record: Any) -> None:
-        # As after a failover: the first connection lands on a read-only standby.
-        if not connections:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            dbapi_connection.commit()
-        connections.append(dbapi_connection)
+        def first_one_is_a_standby(
+            dbapi_connection: Any, _record: Any, seen: list[Any] = seen
+        ) -> None:
+            # As after a failover: the first connection lands on a read-only standby.
+            if not seen:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                dbapi_connection.commit()
+            seen.append(dbapi_connection)
+
+        event.listen(engine, "connect", first_one_is_a_standby)
 
     cache.update("p", LLM, VALUE)
     assert cache.lookup("p", LLM) == VALUE
-    assert len(connections) == 2  # the read-only one was thrown away, not retried forever
+    assert cache.delete("p", LLM) is True
+    # The read-only ones were thrown away, not retried forever.
+    assert {name: len(seen) for name, seen in connections.items()} == {
+        "autocommit": 2,
+        "writer": 2,
+    }
     assert cache.stats().failures == 0
     cache.clear()
     cache.close()

@@ -45,7 +45,7 @@ from langchain_sqlcache.statements import (
     prune_step,
     record_hits,
     stats_rows,
-    write_value,
+    store_value,
 )
 
 logger = logging.getLogger("langchain_sqlcache")
@@ -225,7 +225,7 @@ class SQLCache(BaseCache):
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
         try:
-            rows = self._read(lookup_rows, key_hash, now)
+            rows = self._run(lookup_rows, key_hash, now)
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("lookup", exc, None)
         value = decode_generations(rows, key_hash=key_hash)
@@ -237,7 +237,7 @@ class SQLCache(BaseCache):
         """Async :meth:`lookup`, on the async engine."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
         try:
-            rows = await self._aread(lookup_rows, key_hash, now)
+            rows = await self._arun(lookup_rows, key_hash, now)
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("lookup", exc, None)
         value = decode_generations(rows, key_hash=key_hash)
@@ -258,7 +258,9 @@ class SQLCache(BaseCache):
         """
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
-            self._write(write_value, entry_row, generation_rows)
+            self._run(
+                functools.partial(store_value, entry_row=entry_row, generation_rows=generation_rows)
+            )
             if self._prune_due():
                 self._write(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
@@ -268,7 +270,9 @@ class SQLCache(BaseCache):
         """Async :meth:`update`, on the async engine."""
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
-            await self._awrite(write_value, entry_row, generation_rows)
+            await self._arun(
+                functools.partial(store_value, entry_row=entry_row, generation_rows=generation_rows)
+            )
             if self._prune_due():
                 await self._awrite(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
@@ -563,39 +567,53 @@ class SQLCache(BaseCache):
     def _read(
         self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return self._run(False, lambda connection: operation(connection, *args, **kwargs))
+        return self._run(_on_reader, lambda connection: operation(connection, *args, **kwargs))
 
     def _write(
         self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return self._run(True, lambda connection: operation(connection, *args, **kwargs))
+        return self._run(_in_transaction, lambda connection: operation(connection, *args, **kwargs))
 
     async def _aread(
         self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return await self._arun(False, lambda connection: operation(connection, *args, **kwargs))
+        return await self._arun(
+            _on_reader, lambda connection: operation(connection, *args, **kwargs)
+        )
 
     async def _awrite(
         self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return await self._arun(True, lambda connection: operation(connection, *args, **kwargs))
+        return await self._arun(
+            _in_transaction, lambda connection: operation(connection, *args, **kwargs)
+        )
 
-    def _run(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
-        """Run on a reader connection, or in a writer transaction.
+    def _run(
+        self,
+        work: Callable[Concatenate[EnginePair[Engine], P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``work`` on the sync engines.
 
         Transient failures (a lost pooled connection, a deadlock, a failover) are retried
         with jittered backoff.
         """
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return _run_on(self._ready_engines(), transaction, operation)
+                return work(self._ready_engines(), *args, **kwargs)
             except Exception as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
                     raise
             time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _arun(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
+    async def _arun(
+        self,
+        work: Callable[Concatenate[EnginePair[Engine], P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
         """Async :meth:`_run`: the same code, on the async engine's pool and driver.
 
         The database work is shielded from the caller's cancellation: a cancelled caller
@@ -603,27 +621,33 @@ class SQLCache(BaseCache):
         transaction ends (a value is written whole or not at all) and its connection goes
         back to the pool instead of being abandoned mid-statement.
         """
-        work = asyncio.ensure_future(self._arun_unshielded(transaction, operation))
+        task = asyncio.ensure_future(self._arun_unshielded(work, *args, **kwargs))
         try:
-            return await asyncio.shield(work)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._background.add(work)
-            work.add_done_callback(self._finished_in_background)
+            self._background.add(task)
+            task.add_done_callback(self._finished_in_background)
             raise
 
-    def _finished_in_background(self, work: asyncio.Future[Any]) -> None:
-        self._background.discard(work)
-        if not work.cancelled() and work.exception() is not None:
-            self._failures.record("cancelled operation", work.exception() or Exception())
+    def _finished_in_background(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failures.record("cancelled operation", task.exception() or Exception())
 
-    async def _arun_unshielded(self, transaction: bool, operation: Callable[[Connection], T]) -> T:
+    async def _arun_unshielded(
+        self,
+        work: Callable[Concatenate[EnginePair[Engine], P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 engines = await self._ready_async_engines()
                 # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
-                # the return to the pool, instead of one for each (async with + run_sync).
+                # the return to the pool, where the async engine's sync facade drives the
+                # async driver.
                 return await greenlet_spawn(
-                    _run_on, engines, transaction, operation, _require_await=False
+                    work, _sync_facade(engines), *args, _require_await=False, **kwargs
                 )
             except Exception as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
@@ -632,22 +656,28 @@ class SQLCache(BaseCache):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _run_on(
-    engines: EnginePair[Engine] | EnginePair[AsyncEngine],
-    transaction: bool,
-    operation: Callable[[Connection], T],
-) -> T:
-    """Run ``operation`` in a writer transaction, or on a reader connection in autocommit.
+# -- work on a family's engines: the sync methods run it directly, the async ones in
+# SQLAlchemy's greenlet, on the sync facade of the async engines --------------------------
 
-    The sync methods call it directly; the async ones in SQLAlchemy's greenlet, where the
-    async engine's sync facade drives the async driver.
-    """
-    engine = engines.writer if transaction else engines.reader
-    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-    if transaction:
-        with sync_engine.begin() as connection:
-            return operation(connection)
-    with sync_engine.connect() as connection:
+
+def _sync_facade(engines: EnginePair[AsyncEngine]) -> EnginePair[Engine]:
+    return EnginePair(
+        engines.writer.sync_engine,
+        engines.reader.sync_engine,
+        (),
+        engines.schema,
+        engines.reader_mode,
+        engines.multi_statements,
+    )
+
+
+def _in_transaction(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
+    with engines.writer.begin() as connection:
+        return operation(connection)
+
+
+def _on_reader(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
+    with engines.reader.connect() as connection:
         return operation(connection)
 
 

@@ -270,16 +270,17 @@ def encode_entry(
     return entry_row, generation_rows
 
 
-def decode_generations(rows: Sequence[Any], *, key_hash: str) -> list[Generation] | None:
+def decode_generations(rows: Sequence[Sequence[Any]], *, key_hash: str) -> list[Generation] | None:
     """Rebuild a cache value from its generation rows, or return None on a miss.
 
-    A row that cannot be rebuilt makes the whole value a miss, with a warning: a partial
-    value would be a wrong answer.
+    Each row is ``(generation_type, text, generation_info, message)``, the JSON columns as
+    text (or as parsed documents). A row that cannot be rebuilt makes the whole value a miss,
+    with a warning: a partial value would be a wrong answer.
     """
     if not rows:
         return None
     try:
-        return [_decode_generation(row) for row in rows]
+        return [_decode_generation(*row) for row in rows]
     except Exception as exc:  # noqa: BLE001 - any malformed row is a miss, never a crash
         logger.warning(
             "langchain-sqlcache: entry %s cannot be rebuilt (%s: %s); treating it as a miss",
@@ -290,26 +291,42 @@ def decode_generations(rows: Sequence[Any], *, key_hash: str) -> list[Generation
         return None
 
 
-def _decode_generation(row: Any) -> Generation:
-    generation_cls = GENERATION_CLASSES[row.generation_type]
-    text = unescape_text(row.text)
-    generation_info = unescape_json(_parse_json(row.generation_info))
+def _decode_generation(
+    generation_type: str, stored_text: str, stored_info: Any, stored_message: Any
+) -> Generation:
+    generation_cls = GENERATION_CLASSES[generation_type]
+    text = unescape_text(stored_text)
+    generation_info = _parse_json(stored_info)
     if generation_info is not None and not isinstance(generation_info, dict):
         msg = "generation_info is not an object"
         raise TypeError(msg)
     if issubclass(generation_cls, ChatGeneration):
-        message = _decode_message(row.message, text)
+        message = _decode_message(stored_message, text)
         return generation_cls(message=message, generation_info=generation_info)
     return generation_cls(text=text, generation_info=generation_info)
 
 
+# How the escape marker can appear in a JSON document as text: itself (jsonb's text form and
+# documents written without ASCII escapes), or escaped (json.dumps' default).
+ESCAPED_MARKER_FORMS = (ESCAPE_MARKER, json.dumps(ESCAPE_MARKER)[1:-1])
+
+
 def _parse_json(value: Any) -> Any:
-    # The lookup fetches JSON columns as text; a driver may still hand back a parsed value.
-    return json.loads(value) if isinstance(value, str) else value
+    """Parse a JSON column and undo :func:`escape_json`.
+
+    A document whose text holds no escape marker has nothing to undo, which spares walking
+    it (most documents: escaping is for NUL and lone surrogates).
+    """
+    if isinstance(value, str):
+        if not any(form in value for form in ESCAPED_MARKER_FORMS):
+            return json.loads(value)
+        value = json.loads(value)
+    # A driver may hand back a parsed document.
+    return unescape_json(value)
 
 
 def _decode_message(data: Any, text: str) -> BaseMessage:
-    fields = unescape_json(_parse_json(data))
+    fields = _parse_json(data)
     if not isinstance(fields, dict):
         msg = "message is not an object"
         raise TypeError(msg)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
@@ -17,6 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from langchain_sqlcache.errors import ConfigurationError
+
+
+class CLIENT:
+    """MySQL client capability flags (pymysql.constants.CLIENT, which aiomysql shares)."""
+
+    FOUND_ROWS = 1 << 1
+    MULTI_STATEMENTS = 1 << 16
+
 
 URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
 DEFAULT_URL = "sqlite:///.langchain_cache.db"
@@ -149,6 +158,16 @@ def with_defaults(defaults: dict[str, Any], engine_kwargs: dict[str, Any]) -> di
 E = TypeVar("E", Engine, AsyncEngine)
 
 
+ReaderMode = Literal["autocommit", "switch", "transaction"]
+"""How a statement sent straight to the reader's pooled connection runs.
+
+``autocommit``: the reader's connections are in autocommit already (a pool of their own).
+``switch``: the statement switches its connection to autocommit and back, on the client side
+(psycopg, asyncpg and sqlite3 send nothing for it). ``transaction``: it runs in the
+connection's own transaction (MySQL, where switching costs two round trips, and asyncpg
+behind PgBouncer, where prepare and execute must share a transaction)."""
+
+
 @dataclass(frozen=True)
 class EnginePair(Generic[E]):
     """The engines of one family (sync or async) of a cache.
@@ -161,6 +180,12 @@ class EnginePair(Generic[E]):
     reader: E
     owned: tuple[E, ...] = ()
     """The engines the cache built, and so disposes of when it is closed."""
+    schema: str | None = None
+    """The schema the tables are in (None: the connection's default)."""
+    reader_mode: ReaderMode = "autocommit"
+    """How statements sent straight to the reader's connections run (see ReaderMode)."""
+    multi_statements: bool = False
+    """The reader's MySQL connections accept several statements in one packet."""
 
 
 def build_pair(
@@ -190,26 +215,35 @@ def build_pair(
     kwargs = with_defaults(defaults, engine_kwargs)
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
-        if _autocommit_is_a_round_trip(writer):
-            # Switching a pooled MySQL connection to autocommit and back costs two round
-            # trips, so lookups get a pool of their own that stays in autocommit, and skip
-            # the ROLLBACK that is a no-op there.
-            reader = factory(
-                driver_url,
-                **{**kwargs, "isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True},
-            )
-            owned: tuple[E, ...] = (writer, reader)
-        elif transaction_pooler and writer.dialect.driver == "asyncpg":
+        if transaction_pooler and writer.dialect.driver == "asyncpg":
             # SQLAlchemy's asyncpg dialect prepares a statement, then runs it; outside a
             # transaction PgBouncer may hand the two to different server connections, so
             # lookups run in a transaction too.
-            reader, owned = writer, (writer,)
+            pair = EnginePair(writer, writer, (writer,), schema, "transaction")
         else:
-            reader = writer.execution_options(isolation_level="AUTOCOMMIT")
-            owned = (writer,)
-    for engine in owned:
+            # Lookups get a pool of their own whose connections stay in autocommit: no
+            # switching per lookup (two round trips on MySQL) and no ROLLBACK on return.
+            reader_kwargs = {
+                **kwargs,
+                "isolation_level": "AUTOCOMMIT",
+                "skip_autocommit_rollback": True,
+            }
+            multi_statements = writer.dialect.name in ("mysql", "mariadb")
+            if multi_statements:
+                # An update's statements travel in one packet (one round trip); only
+                # statements the cache compiles run here, their values escaped by the
+                # driver. FOUND_ROWS is SQLAlchemy's own default for these drivers.
+                connect_args = dict(reader_kwargs.get("connect_args", {}))
+                flags = connect_args.get("client_flag", CLIENT.FOUND_ROWS)
+                connect_args["client_flag"] = flags | CLIENT.MULTI_STATEMENTS
+                reader_kwargs["connect_args"] = connect_args
+            reader = factory(driver_url, **reader_kwargs)
+            pair = EnginePair(
+                writer, reader, (writer, reader), schema, "autocommit", multi_statements
+            )
+    for engine in pair.owned:
         _configure(_sync_engine_of(engine))
-    return _with_schema(EnginePair(writer=writer, reader=reader, owned=owned), schema)
+    return _with_schema(pair)
 
 
 def given_pair(engine: E, schema: str | None) -> EnginePair[E]:
@@ -217,21 +251,21 @@ def given_pair(engine: E, schema: str | None) -> EnginePair[E]:
     if _autocommit_is_a_round_trip(engine):
         # Without a pool of our own, a plain read (SELECT, then the pool's ROLLBACK) is
         # cheaper than switching the connection to autocommit and back.
-        return _with_schema(EnginePair(writer=engine, reader=engine), schema)
+        return _with_schema(EnginePair(engine, engine, (), schema, "transaction"))
     reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return _with_schema(EnginePair(writer=engine, reader=reader), schema)
+    return _with_schema(EnginePair(engine, reader, (), schema, "switch"))
 
 
-def _with_schema(pair: EnginePair[E], schema: str | None) -> EnginePair[E]:
-    if schema is None:
+def _with_schema(pair: EnginePair[E]) -> EnginePair[E]:
+    if pair.schema is None:
         return pair
     # Mapping the schema per execution leaves the application's engines as they are
     # (execution_options returns a copy that shares the pool).
-    translate = {None: schema}
-    return EnginePair(
+    translate = {None: pair.schema}
+    return dataclasses.replace(
+        pair,
         writer=pair.writer.execution_options(schema_translate_map=translate),
         reader=pair.reader.execution_options(schema_translate_map=translate),
-        owned=pair.owned,
     )
 
 
@@ -281,20 +315,33 @@ def _configure(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_immediate)
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name != "sqlite":
         event.listen(engine, "handle_error", _read_only_is_a_disconnect)
 
 
 def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
-    """Make the pool replace a connection that turned read-only (SQLSTATE 25006).
-
-    After a failover a pooled connection may point at a standby that refuses writes; kept,
-    it would fail every write that draws it.
-    """
-    orig = context.original_exception
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate == "25006":
+    """Make the pool replace a connection that turned read-only (see turned_read_only)."""
+    if turned_read_only(context.original_exception):
         context.is_disconnect = True
+
+
+# MySQL's "running with the --read-only option" and "cannot execute statement in a READ ONLY
+# transaction".
+READ_ONLY_MYSQL_CODES = frozenset({1290, 1792})
+
+
+def turned_read_only(error: BaseException) -> bool:
+    """Tell whether a write failed because its connection now reaches a read-only server.
+
+    After a failover a pooled connection may point at a standby that refuses writes
+    (SQLSTATE 25006 on Postgres); kept, it would fail every write that draws it, so it is
+    treated as gone and the pool replaces it.
+    """
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if sqlstate == "25006":
+        return True
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    return len(args) > 0 and args[0] in READ_ONLY_MYSQL_CODES
 
 
 @contextlib.contextmanager

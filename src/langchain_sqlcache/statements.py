@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from typing import cast as cast_type
 
 from sqlalchemy import (
     BindParameter,
@@ -27,17 +28,27 @@ from sqlalchemy import (
     Update,
     bindparam,
     case,
+    cast,
+    column,
     delete,
     func,
     insert,
     or_,
     select,
+    text,
+    true,
     type_coerce,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from langchain_sqlcache.codec import utf8_size
+from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
 from langchain_sqlcache.errors import ValueTooLargeError
 from langchain_sqlcache.models import entry_table, generation_table
 
@@ -63,6 +74,8 @@ class Statements:
     upsert_returns_lastrowid: bool
     lookup: Select[Any]
     upsert_entry: Insert
+    replace_value: Delete | None
+    """The whole of an update as one statement, where the dialect can (Postgres)."""
     delete_generations: Delete
     insert_generations: Insert
     delete_entry_generations: Delete
@@ -96,16 +109,21 @@ def statements_for(dialect_name: str) -> Statements:
                 generation.c.generation_type,
                 generation.c.text,
                 # JSON comes back as text and is parsed by the codec, so that a planted
-                # malformed document is a miss there rather than an error while fetching.
-                type_coerce(generation.c.generation_info, Text).label("generation_info"),
-                type_coerce(generation.c.message, Text).label("message"),
+                # malformed document is a miss there rather than an error while fetching,
+                # and so that the codec can tell from the text alone that nothing in it
+                # needs unescaping. (Postgres drivers parse jsonb unless it is cast.)
+                _as_text(generation.c.generation_info, dialect_name).label("generation_info"),
+                _as_text(generation.c.message, dialect_name).label("message"),
             )
             .select_from(entry.join(generation))
             .where(entry.c.key_hash == key_hash)
+            # An entry's value is its first generation_count generations (see replace_value).
+            .where(generation.c.idx < entry.c.generation_count)
             .where(or_(entry.c.expires_at.is_(None), entry.c.expires_at > now))
             .order_by(generation.c.idx)
         ),
         upsert_entry=_upsert_entry(dialect_name),
+        replace_value=_replace_value() if dialect_name == "postgresql" else None,
         delete_generations=delete(generation).where(generation.c.entry_id == bindparam("entry_id")),
         insert_generations=insert(generation),
         delete_entry_generations=delete(generation).where(generation.c.entry_id == entry_id_of_key),
@@ -151,6 +169,12 @@ def statements_for(dialect_name: str) -> Statements:
     )
 
 
+def _as_text(column: ColumnElement[Any], dialect_name: str) -> ColumnElement[str]:
+    if dialect_name == "postgresql":
+        return cast(column, Text)
+    return type_coerce(column, Text)
+
+
 def _sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(column), 0)
 
@@ -178,6 +202,73 @@ def _upsert_entry(dialect_name: str, *, returning: bool = True) -> Insert:
     return statement.returning(entry.c.id) if returning else statement
 
 
+# The entry columns an update writes (the rest keep their defaults, or their values).
+WRITTEN_ENTRY_COLUMNS = (
+    "key_hash",
+    *REWRITTEN_ON_UPDATE,
+    "prompt",
+    "llm_string",
+    "created_at",
+)
+GENERATION_VALUE_COLUMNS = (
+    "generation_type",
+    "text",
+    "generation_info",
+    "message",
+    "input_tokens",
+    "output_tokens",
+)
+
+
+def _replace_value() -> Delete:
+    """Postgres: upsert the entry, write its generations and drop the surplus, in one statement.
+
+    One statement in autocommit is one round trip and one transaction, against five for
+    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one jsonb array and
+    overwrite those at the same positions; the old value's surplus positions are deleted.
+
+    A concurrent writer of the same key whose longer value committed while this statement
+    waited for the entry's row lock leaves positions this statement's snapshot cannot see,
+    so they survive it. They are past the entry's ``generation_count``, which this statement
+    sets, and lookups (and the analysts' view) read only the first ``generation_count``
+    positions, so the value read is always exactly this statement's; the next update of the
+    key, or its deletion, removes them.
+    """
+    upsert = postgresql.insert(entry).values(_entry_binds())
+    upserted = (
+        upsert.on_conflict_do_update(
+            index_elements=[entry.c.key_hash],
+            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
+        )
+        .returning(entry.c.id)
+        .cte("upserted")
+    )
+    incoming = (
+        func.jsonb_to_recordset(bindparam("generation_rows", type_=postgresql.JSONB))
+        .table_valued(
+            *(column(c.name, c.type) for c in generation.c if c.name != "entry_id"),
+        )
+        .render_derived(name="incoming", with_types=True)
+    )
+    write = postgresql.insert(generation).from_select(
+        [generation.c.entry_id, *(generation.c[c.name] for c in incoming.c)],
+        select(upserted.c.id, *incoming.c).select_from(upserted).join(incoming, true()),
+    )
+    written = write.on_conflict_do_update(
+        index_elements=[generation.c.entry_id, generation.c.idx],
+        set_={name: write.excluded[name] for name in GENERATION_VALUE_COLUMNS},
+    ).cte("written")
+    return (
+        delete(generation)
+        .where(
+            generation.c.entry_id == upserted.c.id,
+            generation.c.idx >= bindparam("kept_generations", type_=Integer),
+        )
+        .add_cte(upserted)
+        .add_cte(written)
+    )
+
+
 @functools.cache
 def matching_ids(
     dialect_name: str, *, llm_string: bool, older_than: bool, expired_only: bool
@@ -198,10 +289,237 @@ def matching_ids(
 # -- operations: each takes a Connection and runs inside the caller's transaction ---------
 
 
-def lookup_rows(connection: Connection, key_hash: str, now: datetime) -> Sequence[Row[Any]]:
-    """Return the generation rows of a live entry, in order; none on a miss."""
-    statements = statements_for(connection.dialect.name)
-    return connection.execute(statements.lookup, {"key_hash": key_hash, "now": now}).all()
+@dataclass(frozen=True)
+class DriverQuery:
+    """Statements compiled once for one dialect and schema, ready for the DBAPI cursor.
+
+    The hot paths skip SQLAlchemy's execution path (a Connection, an execution context and
+    a result per call, some 50-65 µs against a lookup's round trip of 100-150 µs on
+    loopback): the statements are still built and compiled by SQLAlchemy, once, and their
+    bind processors still convert the parameters. Several statements are sent as one
+    packet, where the connection allows it (MySQL with multi-statements).
+    """
+
+    sql: str
+    positions: tuple[str, ...] | None
+    """Parameter names in order for positional paramstyles; None for named ones."""
+    processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    results: int = 1
+    """How many results the server sends back (one per statement)."""
+
+    def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        """The DBAPI parameters for ``values``."""
+        for name, process in self.processors:
+            values[name] = process(values[name])
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
+
+
+@functools.lru_cache(maxsize=256)
+def driver_query(
+    name: str, dialect: Dialect, schema: str | None, generations: int = 0
+) -> DriverQuery:
+    """Compile the statements of ``name`` for a dialect and schema.
+
+    ``name`` is ``lookup`` or ``replace_value``; MySQL's replace_value depends on the
+    number of generations it writes (one multi-row INSERT).
+    """
+    statements = _driver_statements(name, dialect.name, generations)
+    translate: dict[str, Any] = {
+        "schema_translate_map": {None: schema},
+        "render_schema_translate": True,
+    }
+    sql: list[str] = []
+    positions: list[str] = []
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for statement in statements:
+        compiled = cast_type(
+            SQLCompiler, statement.compile(dialect=dialect, **(translate if schema else {}))
+        )
+        sql.append(compiled.string)
+        positions += compiled.positiontup or []
+        for bind_name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[bind_name] = process
+    return DriverQuery(
+        ";\n".join(sql),
+        tuple(positions) if positions else None,
+        tuple(processors.items()),
+        results=len(statements),
+    )
+
+
+def _driver_statements(name: str, dialect_name: str, generations: int) -> tuple[ClauseElement, ...]:
+    if name == "replace_value" and dialect_name in ("mysql", "mariadb"):
+        return _mysql_replace_value(generations)
+    statement = getattr(statements_for(dialect_name), name)
+    if statement is None:
+        msg = f"{dialect_name} has no {name} statement"
+        raise LookupError(msg)
+    return (statement,)
+
+
+def _mysql_replace_value(generations: int) -> tuple[ClauseElement, ...]:
+    """MySQL: an update's transaction as one packet of statements (one round trip).
+
+    MySQL has neither RETURNING nor DML in a CTE, but the entry's id travels from the upsert
+    to the next statements as LAST_INSERT_ID(), on the server, so the client waits for
+    nothing between them.
+    """
+    upsert = mysql.insert(entry).values(_entry_binds())
+    return (
+        # This connection is in autocommit, at the server's default isolation: REPEATABLE
+        # READ's gap locks on the deleted generations deadlock writers of nearby keys.
+        text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+        text("START TRANSACTION"),
+        upsert.on_duplicate_key_update(
+            # LAST_INSERT_ID(id) makes LAST_INSERT_ID() the existing row's id.
+            id=func.last_insert_id(entry.c.id),
+            **{name: upsert.inserted[name] for name in REWRITTEN_ON_UPDATE},
+        ),
+        delete(generation).where(generation.c.entry_id == func.last_insert_id()),
+        insert(generation).values(
+            [
+                {
+                    "entry_id": func.last_insert_id(),
+                    **{
+                        name: bindparam(f"{name}_{i}", type_=generation.c[name].type)
+                        for name in ("idx", *GENERATION_VALUE_COLUMNS)
+                    },
+                }
+                for i in range(generations)
+            ]
+        ),
+        text("COMMIT"),
+    )
+
+
+def _entry_binds() -> dict[str, BindParameter[Any]]:
+    return {name: bindparam(name, type_=entry.c[name].type) for name in WRITTEN_ENTRY_COLUMNS}
+
+
+def run_on_reader(
+    engine: Engine,
+    query: DriverQuery,
+    values: dict[str, Any],
+    mode: ReaderMode,
+    before: Callable[[PoolProxiedConnection], None] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Run ``query`` as its own transaction on a pooled DBAPI connection; return its rows.
+
+    The pool still checks the connection out and in (its events, pings and limits apply);
+    a DBAPI error is raised as SQLAlchemy's, after the connection is invalidated if the
+    error says it is gone (or rolled back if not), as a Connection would do. ``before``
+    runs first, on the checked-out connection.
+    """
+    dialect = engine.dialect
+    parameters = query.parameters(values)
+    try:
+        connection = engine.raw_connection()
+    except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
+        gone = dialect.is_disconnect(exc, None, None)
+        raise DBAPIError.instance(
+            None,
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+    dbapi_connection = connection.dbapi_connection
+    assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
+    cursor = None
+    try:
+        if before is not None:
+            before(connection)
+        if mode == "switch":
+            dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+        cursor = connection.cursor()
+        cursor.execute(query.sql, parameters)
+        rows = cast_type(list[tuple[Any, ...]], cursor.fetchall() if cursor.description else [])
+        for _ in range(query.results - 1):  # an error in a later statement surfaces here
+            cursor.nextset()
+        cursor.close()
+        if mode == "switch":
+            dialect.reset_isolation_level(dbapi_connection)
+        elif mode == "transaction":
+            connection.commit()
+        return rows
+    except dialect.loaded_dbapi.Error as exc:
+        gone = dialect.is_disconnect(exc, dbapi_connection, cursor) or turned_read_only(exc)
+        if gone:
+            connection.invalidate(exc)
+        else:
+            _roll_back(connection, exc, mode)
+        raise DBAPIError.instance(
+            query.sql,
+            parameters,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+    finally:
+        connection.close()
+
+
+def _roll_back(connection: PoolProxiedConnection, exc: BaseException, mode: ReaderMode) -> None:
+    """End what a failed statement left open (a multi-statement's transaction)."""
+    try:
+        connection.rollback()
+    except Exception:  # noqa: BLE001 - a connection that cannot roll back is dropped
+        connection.invalidate(exc)
+        return
+    if mode == "switch":
+        # Never hand an application's pool a connection left in autocommit.
+        connection.invalidate(exc, soft=True)
+
+
+def lookup_rows(engines: EnginePair[Engine], key_hash: str, now: datetime) -> list[tuple[Any, ...]]:
+    """A lookup: its one SELECT, straight on a pooled connection of the reader.
+
+    Rows are ``(generation_type, text, generation_info, message)`` of a live entry, in
+    order; none on a miss.
+    """
+    query = driver_query("lookup", engines.reader.dialect, engines.schema)
+    values = {"key_hash": key_hash, "now": now}
+    return run_on_reader(engines.reader, query, values, engines.reader_mode)
+
+
+def store_value(
+    engines: EnginePair[Engine], entry_row: dict[str, Any], generation_rows: list[dict[str, Any]]
+) -> None:
+    """Replace an entry's whole value in one round trip where the backend allows it.
+
+    Postgres: one statement in autocommit. MySQL, on the cache's own engines: one packet of
+    statements, a transaction from START TRANSACTION to COMMIT. Elsewhere (SQLite, which is
+    in-process anyway, and an application's MySQL engine), a transaction of three statements.
+    An empty value deletes the entry.
+    """
+    dialect = engines.writer.dialect
+    one_packet = dialect.name in ("mysql", "mariadb") and engines.multi_statements
+    if generation_rows and (dialect.name == "postgresql" or one_packet):
+        query = driver_query(
+            "replace_value", engines.reader.dialect, engines.schema, len(generation_rows)
+        )
+        values = {**entry_row, "kept_generations": len(generation_rows)}
+        if one_packet:
+            for i, row in enumerate(generation_rows):
+                values.update({f"{name}_{i}": value for name, value in row.items()})
+        else:
+            values["generation_rows"] = generation_rows
+
+        def check(connection: PoolProxiedConnection) -> None:
+            check_packet_size(connection, entry_row, generation_rows, one_packet=True)
+
+        run_on_reader(
+            engines.reader, query, values, engines.reader_mode, check if one_packet else None
+        )
+        return
+    with engines.writer.begin() as connection:
+        write_value(connection, entry_row, generation_rows)
 
 
 def write_value(
@@ -216,7 +534,7 @@ def write_value(
         delete_value(connection, entry_row["key_hash"])
         return
     if statements.upsert_returns_lastrowid:  # MySQL and MariaDB: one packet per statement
-        check_packet_size(connection, entry_row, generation_rows)
+        check_packet_size(connection.connection, entry_row, generation_rows, one_packet=False)
     result = connection.execute(statements.upsert_entry, entry_row)
     entry_id = result.lastrowid if statements.upsert_returns_lastrowid else result.scalar_one()
     connection.execute(statements.delete_generations, {"entry_id": entry_id})
@@ -233,19 +551,26 @@ ESCAPED_CHARACTERS = "\\'\"\x00\n\r\x1a"
 
 
 def check_packet_size(
-    connection: Connection, entry_row: dict[str, Any], generation_rows: list[dict[str, Any]]
+    connection: PoolProxiedConnection,
+    entry_row: dict[str, Any],
+    generation_rows: list[dict[str, Any]],
+    *,
+    one_packet: bool,
 ) -> None:
-    """Refuse, before sending, a row larger than the server's max_allowed_packet.
+    """Refuse, before sending, a value larger than the server's max_allowed_packet.
 
-    Sent anyway, the server would drop the connection mid-statement. The limit is read once
-    per pooled connection.
+    Sent anyway, the server would drop the connection mid-statement. ``one_packet``: the
+    whole value goes in one packet, else each row in its own. The limit is read once per
+    pooled connection.
     """
-    info = connection.connection.info
+    info = connection.info
     if "max_allowed_packet" not in info:
-        limit = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
-        info["max_allowed_packet"] = int(limit)
+        cursor = connection.cursor()
+        cursor.execute("SELECT @@max_allowed_packet")
+        info["max_allowed_packet"] = int(cursor.fetchall()[0][0])
+        cursor.close()
     limit = info["max_allowed_packet"]
-    largest = max(
+    sizes = [
         _wire_size(entry_row["prompt"]) + _wire_size(entry_row["llm_string"]),
         *(
             _wire_size(row["text"])
@@ -253,10 +578,11 @@ def check_packet_size(
             + _wire_size(json.dumps(row["message"]))
             for row in generation_rows
         ),
-    )
-    if largest + PACKET_OVERHEAD > limit:
+    ]
+    size = sum(sizes) if one_packet else max(sizes)
+    if size + PACKET_OVERHEAD > limit:
         msg = (
-            f"a row of about {largest:,} bytes exceeds the server's max_allowed_packet "
+            f"a value of about {size:,} bytes exceeds the server's max_allowed_packet "
             f"({limit:,} bytes); not sent"
         )
         raise ValueTooLargeError(msg)

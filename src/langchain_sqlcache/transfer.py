@@ -20,7 +20,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from langchain_sqlcache.codec import (
@@ -151,11 +150,11 @@ def _values_of(
         msg = f"not a {FORMAT} record"
         raise ValueError(msg)
     rows = [
-        SimpleNamespace(
-            generation_type=g["type"],
-            text=escape_text(g["text"]),
-            generation_info=escape_json(g.get("generation_info")),
-            message=escape_json(g.get("message")),
+        (
+            g["type"],
+            escape_text(g["text"]),
+            escape_json(g.get("generation_info")),
+            escape_json(g.get("message")),
         )
         for g in record["generations"]
     ]
