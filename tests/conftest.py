@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -68,14 +69,25 @@ def _start_container(name: str, stack: contextlib.ExitStack) -> str | None:
     except Exception:  # noqa: BLE001 - no Docker engine: nothing to start
         return None
     if name == "postgresql":
-        from testcontainers.postgres import PostgresContainer
-
-        pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+        postgres_container = _container_class("postgres", "PostgresContainer")
+        pg = stack.enter_context(postgres_container("postgres:16", driver=None))
         return str(pg.get_connection_url())
-    from testcontainers.mysql import MySqlContainer
-
-    my = stack.enter_context(MySqlContainer("mysql:8.4"))
+    mysql_container = _container_class("mysql", "MySqlContainer")
+    my = stack.enter_context(mysql_container("mysql:8.4"))
     return str(my.get_connection_url()).replace("mysql+pymysql://", "mysql://")
+
+
+def _container_class(module: str, name: str) -> Any:
+    """A testcontainers class from where the installed version keeps it.
+
+    Recent releases moved the modules under ``testcontainers.community`` and keep the old
+    paths only as deprecated aliases; the test extra accepts any 4.x.
+    """
+    try:
+        found = importlib.import_module(f"testcontainers.community.{module}")
+    except ImportError:
+        found = importlib.import_module(f"testcontainers.{module}")
+    return getattr(found, name)
 
 
 @pytest.fixture(scope="session")
