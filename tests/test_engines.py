@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,19 +206,74 @@ def test_transaction_pooler_settings_merge_with_the_users() -> None:
     assert cache._engines.reader is not cache._engines.writer
 
 
+@dataclass(frozen=True)
+class Executed:
+    """One statement as the driver received it."""
+
+    statement: str
+    parameters: Any
+    executemany: bool
+
+    @property
+    def rows(self) -> int:
+        """How many parameter sets it carried (an executemany carries one per row)."""
+        return len(self.parameters) if self.executemany else 1
+
+
+COMMIT = "COMMIT"
+
+
 class StatementLog:
-    """Every statement an engine sends, with whether its connection was in autocommit."""
+    """Every statement an engine sends, with whether its connection was in autocommit.
+
+    ``events`` keeps the same statements with their parameters, and the commits between
+    them, in order, for tests that count rows per statement or statements per transaction.
+    """
 
     def __init__(self, *engines: Engine) -> None:
         self.statements: list[tuple[str, bool]] = []
+        self.events: list[Executed | str] = []
         for engine in engines:
             event.listen(engine, "before_cursor_execute", self._record)
+            event.listen(engine, "commit", self._commit)
 
-    def _record(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def _record(
+        self,
+        conn: Any,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        executemany: bool,
+    ) -> None:
         self.statements.append((statement, in_autocommit(conn.connection.dbapi_connection)))
+        self.events.append(Executed(statement, parameters, executemany))
+
+    def _commit(self, _conn: Any) -> None:
+        self.events.append(COMMIT)
+
+    @property
+    def executed(self) -> list[Executed]:
+        return [e for e in self.events if isinstance(e, Executed)]
+
+    @property
+    def commits(self) -> int:
+        return self.events.count(COMMIT)
+
+    def transactions(self) -> list[list[Executed]]:
+        """The statements sent between commits, one list per committed transaction."""
+        done: list[list[Executed]] = [[]]
+        for item in self.events:
+            if isinstance(item, Executed):
+                done[-1].append(item)
+            else:
+                done.append([])
+        assert not done[-1], f"statements after the last commit: {done[-1]}"
+        return done[:-1]
 
     def clear(self) -> None:
         self.statements.clear()
+        self.events.clear()
 
 
 def in_autocommit(dbapi_connection: Any) -> bool:

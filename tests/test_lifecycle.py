@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import entry_key, model_of
+from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
 from langchain_sqlcache.models import entry_table, generation_table
 from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.helpers import get, put, wipe
@@ -295,6 +296,79 @@ async def test_hits_are_counted_in_batches(
     assert (rows["hot"].hit_count, rows["cold"].hit_count) == (5, 0)
     assert rows["hot"].last_hit_at is not None
     assert rows["cold"].last_hit_at is None
+
+
+def traffic(cache: SQLCache) -> StatementLog:
+    """Log what both families of the cache send, each statement once.
+
+    Listening on the engines the cache built catches their autocommit copies too (which
+    share the engine's events), so no statement is counted twice.
+    """
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    engines: list[Engine] = [*cache._engines.owned]
+    engines += [engine.sync_engine for engine in cache._async_engines.owned]
+    return StatementLog(*engines)
+
+
+def patient_hits(cache: SQLCache) -> None:
+    """Flush hits only on the key limit or on demand, never on time mid-test."""
+    cache._hits = HitBuffer(max_seconds=3600)
+
+
+async def test_hits_send_only_selects_until_stats_writes_one_update_per_key(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(record_hits=True)
+    patient_hits(cache)
+    reads = {"a": 5, "b": 3, "c": 1}
+    for prompt in reads:
+        await put(cache, family, prompt, LLM, VALUE)
+    log = traffic(cache)
+    for prompt, times in reads.items():
+        for _ in range(times):
+            assert await get(cache, family, prompt, LLM) == VALUE
+    # The hits cost the lookups nothing: one SELECT each, no write on the read path.
+    verbs = [e.statement.split(None, 1)[0].upper() for e in log.executed]
+    assert verbs == ["SELECT"] * sum(reads.values()), log.executed
+    log.clear()
+    stats = cache.stats() if family == "sync" else await cache.astats()
+    assert stats.hits == sum(reads.values())
+    updates = [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    # One UPDATE statement for the batch, one row of parameters (one UPDATE) per key.
+    assert len(updates) == 1, log.executed
+    assert updates[0].rows == len(reads)
+    assert {row.prompt: row.hit_count for row in entry_rows(backend, cache)} == reads
+
+
+async def test_hits_flush_when_distinct_keys_reach_the_limit(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    assert MAX_PENDING_KEYS == 256  # the figure README.md and docs/lifecycle.md give
+    cache = make_cache(record_hits=True, prune_every=None)
+    patient_hits(cache)
+    prompts = [f"p{i}" for i in range(MAX_PENDING_KEYS + 1)]
+    for prompt in prompts:
+        cache.update(prompt, LLM, VALUE)
+    log = traffic(cache)
+    for prompt in prompts[: MAX_PENDING_KEYS - 1]:
+        assert cache.lookup(prompt, LLM) == VALUE
+        assert cache.lookup(prompt, LLM) == VALUE  # a key hit twice is still one key
+    assert all(e.statement.lstrip().upper().startswith("SELECT") for e in log.executed)
+    assert {row.hit_count for row in entry_rows(backend, cache)} == {0}
+    # The limit-th distinct key flushes the batch from within its lookup.
+    assert cache.lookup(prompts[MAX_PENDING_KEYS - 1], LLM) == VALUE
+    updates = [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    assert [u.rows for u in updates] == [MAX_PENDING_KEYS]
+    counts = {row.prompt: row.hit_count for row in entry_rows(backend, cache)}
+    assert counts == {**{p: 2 for p in prompts[: MAX_PENDING_KEYS - 1]},
+                      prompts[MAX_PENDING_KEYS - 1]: 1, prompts[-1]: 0}  # fmt: skip
+    # The buffer starts over: the next hit waits for the next flush.
+    log.clear()
+    assert cache.lookup(prompts[-1], LLM) == VALUE
+    assert not [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    cache.close()
+    assert {row.prompt: row.hit_count for row in entry_rows(backend, cache)}[prompts[-1]] == 1
 
 
 async def test_hot_key_hit_counts_under_threads(
