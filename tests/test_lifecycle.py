@@ -207,6 +207,29 @@ async def test_clear_filters(
     assert prompts_left(backend, cache) == []
 
 
+async def test_clear_deletes_in_batches_each_in_its_own_transaction(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(batch_size=2, prune_every=None)
+    for i in range(5):
+        await put(cache, family, f"p{i}", LLM, VALUE)
+    log = traffic(cache)
+    await clear(cache, family)
+    assert prompts_left(backend, cache) == []
+
+    def entry_deletes(statements: list[Any]) -> list[Any]:
+        return [e for e in statements if e.statement.startswith("DELETE FROM llm_cache_entry")]
+
+    # 5 entries, 2 a batch: 3 DELETEs of 2, 2 and 1 ids ...
+    deletes = entry_deletes(log.executed)
+    assert [len(e.parameters) for e in deletes] == [2, 2, 1], deletes
+    # ... each committed on its own, so no transaction holds more than a batch of rows.
+    batches = [t for t in log.transactions() if entry_deletes(t)]
+    assert [len(entry_deletes(t)) for t in batches] == [1, 1, 1]
+    # A last transaction finds nothing left to delete and ends the loop.
+    assert log.commits == len(batches) + 1
+
+
 async def test_clear_rejects_bad_arguments(make_cache: Callable[..., SQLCache]) -> None:
     cache = make_cache()
     with pytest.raises(TypeError, match="unexpected keyword arguments: bogus"):
