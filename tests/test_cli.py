@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
-from langchain_sqlcache import SQLCache, migrations
+from langchain_sqlcache import SQLCache, demo, migrations
 from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_SKIPPED, main
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
@@ -97,16 +98,48 @@ def test_usage_errors_exit_2() -> None:
 # -- demo, stats, prune, clear, export, import -----------------------------------------------
 
 
+DEMO_LATENCY = 0.2
+
+
+def demo_rows(out: str) -> dict[str, list[list[str]]]:
+    """The demo's tables by their first column (family or model), cells split apart."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in out.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        rows.setdefault(cells[0], []).append(cells)
+    return rows
+
+
 def test_demo(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # The demo's fixed namespace would collide with another run's on a shared server.
+    namespace = unique_namespace()
+    monkeypatch.setattr(demo, "NAMESPACE", namespace)
     url = None if backend.name == "sqlite" else backend.url
-    code, out, err = run("demo", "--latency", "0.05", *(["--url", url] if url else []))
+    latency = ["--latency", str(DEMO_LATENCY)]
+    try:
+        code, out, err = run("demo", *latency, *(["--url", url] if url else []))
+    finally:
+        if url is not None:
+            SQLCache(url, namespace=namespace).clear()
     assert code == 0, err
     for expected in ("miss (ms)", "hit (ms)", "stats()", "fake-gpt-4o-mini", "llm_cache_outputs"):
         assert expected in out
-    lines = out.splitlines()
-    assert sum(line.startswith("sync ") for line in lines) == 3
-    assert sum(line.startswith("async ") for line in lines) == 2
+    rows = demo_rows(out)
+    asked_twice = len(demo.SYNC_PROMPTS) + len(demo.ASYNC_PROMPTS)
+    timings = rows["sync"] + rows["async"]
+    assert [row[1] for row in timings] == demo.SYNC_PROMPTS + demo.ASYNC_PROMPTS
+    model_ms = DEMO_LATENCY * 1000
+    for _, prompt, miss, hit, _ in timings:
+        # The first answer waited for the model; the second cannot have, so the cache
+        # served it.
+        assert float(miss) >= model_ms, (prompt, miss)
+        assert float(hit) < model_ms / 4, (prompt, hit)
+    # stats(): one entry and one hit per prompt asked twice, in both tables.
+    (total,) = rows["total"]
+    assert (total[1], total[-1]) == (str(asked_twice), str(asked_twice))
+    by_model = rows["fake-gpt-4o-mini"]
+    assert [(row[1], row[-1]) for row in by_model] == [(str(asked_twice), str(asked_twice))] * 2
     if url is None:  # the embedded default leaves a cache file to open
         assert (tmp_path / ".langchain_cache.db").exists()
         assert "sqlite3 .langchain_cache.db" in out
