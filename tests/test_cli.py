@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, update
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache, demo, migrations
 from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_SKIPPED, main
+from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
-from tests.conftest import Backend, unique_namespace
+from langchain_sqlcache.models import entry_table
+from tests.conftest import Backend, sync_engine, unique_namespace
 
 LLM = "[('model', 'cli-model')]"
 
@@ -226,6 +229,60 @@ def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Pat
     assert {r["prompt"] for r in records} == set(values)
     assert all(r["expires_at"] and r["created_at"].endswith("+00:00") for r in records)
     SQLCache(backend.url, namespace=namespace).clear()
+
+
+def backdate(
+    backend: Backend, namespace: str, llm_string: str, prompt: str, when: datetime
+) -> None:
+    """Make an entry look last written at ``when``."""
+    engine = sync_engine(backend.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(entry_table)
+                .where(entry_table.c.key_hash == entry_key(namespace, prompt, llm_string))
+                .values(updated_at=when)
+            )
+    finally:
+        engine.dispose()
+
+
+def exported(*args: str) -> list[str]:
+    """The prompts `export` writes to standard output, sorted; checks its count line."""
+    code, out, err = run("export", *args)
+    assert code == 0, err
+    prompts = sorted(json.loads(line)["prompt"] for line in out.splitlines())
+    assert f"exported {len(prompts)} entries" in err
+    return prompts
+
+
+def test_export_filters(backend: Backend) -> None:
+    namespace = unique_namespace()
+    # An llm_string no other namespace has, to pick this test's entries out of all of them.
+    other_llm = f"[('model', 'other-{namespace}')]"
+    cache = SQLCache(backend.url, namespace=namespace)
+    try:
+        for i in range(3):
+            cache.update(f"a{i}", LLM, [Generation(text="a")])
+            cache.update(f"b{i}", other_llm, [Generation(text="b")])
+        forty_days_ago = datetime.now(timezone.utc) - timedelta(days=40)
+        backdate(backend, namespace, LLM, "a0", forty_days_ago)
+        backdate(backend, namespace, other_llm, "b0", forty_days_ago)
+        backdate(backend, namespace, other_llm, "b1", datetime(2020, 6, 1, tzinfo=timezone.utc))
+        ns = ["--url", backend.url, "--namespace", namespace]
+        assert exported(*ns) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        assert exported(*ns, "--llm-string", other_llm) == ["b0", "b1", "b2"]
+        assert exported(*ns, "--older-than", "30d") == ["a0", "b0", "b1"]
+        assert exported(*ns, "--older-than", "2021-01-01T00:00:00+00:00") == ["b1"]
+        assert exported(*ns, "--older-than", "30d", "--llm-string", other_llm) == ["b0", "b1"]
+        # Without --namespace the filters apply to every namespace.
+        assert exported("--url", backend.url, "--llm-string", other_llm) == ["b0", "b1", "b2"]
+        # Parsed as clear's: a duration or an ISO datetime with a zone, else a usage error.
+        for bad in ("yesterday", "2021-01-01T00:00:00"):
+            assert run("export", *ns, "--older-than", bad)[0] == 2
+    finally:
+        cache.clear()
+        cache.close()
 
 
 def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path) -> None:
