@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,14 +38,16 @@ from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SchemaError, SQLCache, migrations
 from langchain_sqlcache.codec import entry_key
-from langchain_sqlcache.engines import driver_urls
+from langchain_sqlcache.engines import create_migration_engine, driver_urls
 from langchain_sqlcache.migrations import (
     OWN_TABLES,
     VERSION_TABLE,
+    acquire_lock,
     head_revision,
     include_name,
     include_object,
     make_config,
+    release_lock,
 )
 from tests.conftest import Backend, sync_engine
 from tests.test_engines import StatementLog
@@ -177,8 +180,13 @@ def test_host_application_history_survives(empty_db: str) -> None:
         engine.dispose()
 
 
-def upgrade_in_a_process(url: str) -> list[str]:
-    """Run in a child process: upgrade head, and return the revisions it applied itself."""
+def upgrade_in_a_process(url: str, barrier: Any = None, started: Any = None) -> list[str]:
+    """Run in a child process: upgrade head, and return the revisions it applied itself.
+
+    Just before the upgrade, once the child has imported everything, it waits on
+    ``barrier`` and sets ``started`` (a manager's Barrier and Event), so that the parent
+    decides when the children race.
+    """
     applied: list[str] = []
 
     class Collect(logging.Handler):
@@ -189,18 +197,57 @@ def upgrade_in_a_process(url: str) -> list[str]:
     logger = logging.getLogger("alembic.runtime.migration")
     logger.setLevel(logging.INFO)
     logger.addHandler(Collect())
+    head_revision()  # read the scripts now, not in the race
+    if barrier is not None:
+        barrier.wait(timeout=120)
+    if started is not None:
+        started.set()
     migrations.upgrade(url)
     return applied
 
 
 def test_concurrent_upgrades_apply_each_revision_once(empty_db: str) -> None:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(4, mp_context=context) as pool:
-        results = list(pool.map(upgrade_in_a_process, [empty_db] * 4, timeout=300))
+    with context.Manager() as manager, ProcessPoolExecutor(4, mp_context=context) as pool:
+        # Spawned children take a second or more to start: without the barrier the first
+        # could finish before the last begins, and nothing would have raced.
+        barrier = manager.Barrier(4)
+        results = list(pool.map(upgrade_in_a_process, [empty_db] * 4, [barrier] * 4, timeout=300))
     applied = [message for result in results for message in result]
     assert len(applied) == len(revisions()), applied
     assert migrations.current(empty_db) == head_revision()
     assert table_names(empty_db) == OWN_TABLES
+
+
+def test_upgrade_waits_for_the_migration_lock(empty_db: str) -> None:
+    """While the lock is held (pg_advisory_xact_lock, GET_LOCK, BEGIN IMMEDIATE), an upgrade
+    waits; it runs once the lock is released."""
+    # The engine env.py migrates with: on SQLite it has switched the file to WAL first, as
+    # any migrator would have (a file still in rollback mode refuses the child's switch to
+    # WAL while another connection holds the write lock, without waiting).
+    engine = create_migration_engine(make_url(empty_db))
+    context = multiprocessing.get_context("spawn")
+    try:
+        with (
+            engine.connect() as holder,
+            context.Manager() as manager,
+            ProcessPoolExecutor(1, mp_context=context) as pool,
+        ):
+            with holder.begin():
+                acquire_lock(holder)  # the very lock env.py takes
+                started = manager.Event()
+                child = pool.submit(upgrade_in_a_process, empty_db, None, started)
+                assert started.wait(timeout=120), "the child never got to its upgrade"
+                time.sleep(1.0)
+                assert not child.done(), child.result()
+                assert table_names(empty_db) == set()
+            # The transaction's end frees Postgres' and SQLite's locks; MySQL's is the
+            # session's (and server-wide: hold it no longer than this).
+            release_lock(holder)
+            assert len(child.result(timeout=120)) == len(revisions())
+    finally:
+        engine.dispose()
+    assert migrations.current(empty_db) == head_revision()
 
 
 def apply_script(url: str, sql: str) -> None:
