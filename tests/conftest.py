@@ -126,6 +126,14 @@ def unique_namespace() -> str:
     return f"test-{uuid.uuid4().hex}"
 
 
+def unique_identifier(prefix: str) -> str:
+    """A database, schema or role name of our own on a server other test runs share.
+
+    Lowercase letters, digits and underscores only, well under Postgres' 63 characters.
+    """
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def cache(backend: Backend) -> Iterator[SQLCache]:
     """An empty SQLCache on the backend under test, used through its sync methods."""
@@ -185,3 +193,28 @@ def family(request: pytest.FixtureRequest) -> str:
     """Which family of methods a test drives: sync (update/lookup) or async (a-methods)."""
     name: str = request.param
     return name
+
+
+@pytest.fixture
+def scratch_schema(backend: Backend) -> Iterator[str]:
+    """A Postgres schema or MySQL database of this test's own, dropped afterwards.
+
+    The Postgres schema does not exist yet (the cache and `db upgrade` create it); the MySQL
+    database does, since creating one is the DBA's job there.
+    """
+    if backend.name not in SERVER_BACKENDS:
+        pytest.skip("a schema is a server feature")
+    name = unique_identifier("sqlcache_schema")
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    if backend.name == "mysql":
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    yield name
+    drop = (
+        f"DROP SCHEMA IF EXISTS {name} CASCADE"
+        if backend.name == "postgresql"
+        else f"DROP DATABASE IF EXISTS {name}"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+    admin.dispose()

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,10 +27,10 @@ from tests.conftest import Backend, sync_engine, unique_namespace
 LLM = "[('model', 'cli-model')]"
 
 
-def tables(url: str) -> set[str]:
+def tables(url: str, schema: str | None = None) -> set[str]:
     engine = create_engine(driver_urls(make_url(url))[0])
     try:
-        return set(inspect(engine).get_table_names()) & OWN_TABLES
+        return set(inspect(engine).get_table_names(schema=schema)) & OWN_TABLES
     finally:
         engine.dispose()
 
@@ -185,6 +186,47 @@ def test_stats_prune_clear(backend: Backend, seeded_namespace: str) -> None:
     assert run("clear", *ns, "--older-than", "yesterday", "--yes")[0] == 2
 
 
+def test_clear_expired_only_clear_older_than_a_date_and_prune_expired(
+    backend: Backend, seeded_namespace: str
+) -> None:
+    ns = ["--url", backend.url, "--namespace", seeded_namespace]
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    set_entry(backend, seeded_namespace, LLM, "prompt 0", expires_at=an_hour_ago)
+    code, out, _ = run("clear", *ns, "--expired-only", "--yes")
+    assert (code, out.strip()) == (0, "cleared 1 entries")
+    assert exported(*ns) == ["prompt 1", "prompt 2", "prompt 3"]
+    set_entry(backend, seeded_namespace, LLM, "prompt 1",
+              updated_at=datetime(2019, 12, 31, tzinfo=timezone.utc))  # fmt: skip
+    code, out, _ = run("clear", *ns, "--older-than", "2020-01-01T00:00:00+00:00", "--yes")
+    assert (code, out.strip()) == (0, "cleared 1 entries")
+    assert exported(*ns) == ["prompt 2", "prompt 3"]
+    # prune without caps deletes what has expired, and only that.
+    set_entry(backend, seeded_namespace, LLM, "prompt 2", expires_at=an_hour_ago)
+    code, out, _ = run("prune", *ns)
+    assert (code, out.strip()) == (0, "pruned 1 entries")
+    assert exported(*ns) == ["prompt 3"]
+    assert run("prune", *ns)[1].strip() == "pruned 0 entries"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+def test_upgrade_and_stats_in_a_schema(backend: Backend, scratch_schema: str) -> None:
+    in_schema = ["--url", backend.url, "--schema", scratch_schema]
+    code, out, err = run("db", "upgrade", *in_schema)
+    assert (code, out.strip()) == (0, f"at {head_revision()}"), err
+    assert tables(backend.url, schema=scratch_schema) == OWN_TABLES
+    assert run("db", "check", *in_schema)[:2] == (0, f"up to date: {head_revision()}\n")
+    namespace = unique_namespace()
+    cache = SQLCache(backend.url, schema=scratch_schema, namespace=namespace, create_tables=False)
+    for i in range(2):
+        cache.update(f"prompt {i}", LLM, [Generation(text="in the schema")])
+    cache.close()
+    code, out, _ = run("stats", *in_schema, "--namespace", namespace, "--json")
+    assert (code, json.loads(out)["entries"]) == (0, 2)
+    # The default schema's tables hold nothing of this namespace.
+    code, out, _ = run("stats", "--url", backend.url, "--namespace", namespace, "--json")
+    assert (code, json.loads(out)["entries"]) == (0, 0)
+
+
 def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Path) -> None:
     namespace = unique_namespace()
     source = SQLCache(backend.url, namespace=namespace, record_hits=True, ttl=3600)
@@ -231,17 +273,17 @@ def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Pat
     SQLCache(backend.url, namespace=namespace).clear()
 
 
-def backdate(
-    backend: Backend, namespace: str, llm_string: str, prompt: str, when: datetime
+def set_entry(
+    backend: Backend, namespace: str, llm_string: str, prompt: str, **values: Any
 ) -> None:
-    """Make an entry look last written at ``when``."""
+    """Rewrite columns of one entry (to make it look old, or expired)."""
     engine = sync_engine(backend.url)
     try:
         with engine.begin() as connection:
             connection.execute(
                 update(entry_table)
                 .where(entry_table.c.key_hash == entry_key(namespace, prompt, llm_string))
-                .values(updated_at=when)
+                .values(**values)
             )
     finally:
         engine.dispose()
@@ -266,9 +308,10 @@ def test_export_filters(backend: Backend) -> None:
             cache.update(f"a{i}", LLM, [Generation(text="a")])
             cache.update(f"b{i}", other_llm, [Generation(text="b")])
         forty_days_ago = datetime.now(timezone.utc) - timedelta(days=40)
-        backdate(backend, namespace, LLM, "a0", forty_days_ago)
-        backdate(backend, namespace, other_llm, "b0", forty_days_ago)
-        backdate(backend, namespace, other_llm, "b1", datetime(2020, 6, 1, tzinfo=timezone.utc))
+        set_entry(backend, namespace, LLM, "a0", updated_at=forty_days_ago)
+        set_entry(backend, namespace, other_llm, "b0", updated_at=forty_days_ago)
+        in_2020 = datetime(2020, 6, 1, tzinfo=timezone.utc)
+        set_entry(backend, namespace, other_llm, "b1", updated_at=in_2020)
         ns = ["--url", backend.url, "--namespace", namespace]
         assert exported(*ns) == ["a0", "a1", "a2", "b0", "b1", "b2"]
         assert exported(*ns, "--llm-string", other_llm) == ["b0", "b1", "b2"]
@@ -285,17 +328,20 @@ def test_export_filters(backend: Backend) -> None:
         cache.close()
 
 
+GOOD_RECORD = {
+    "format": "langchain-sqlcache/1",
+    "namespace": "n",
+    "prompt": "p",
+    "llm_string": LLM,
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "updated_at": "2026-01-01T00:00:00+00:00",
+    "generations": [{"type": "Generation", "text": "ok"}],
+}
+
+
 def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path) -> None:
     assert run("db", "upgrade", "--url", empty_db)[0] == 0
-    good = {
-        "format": "langchain-sqlcache/1",
-        "namespace": "n",
-        "prompt": "p",
-        "llm_string": LLM,
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "updated_at": "2026-01-01T00:00:00+00:00",
-        "generations": [{"type": "Generation", "text": "ok"}],
-    }
+    good = GOOD_RECORD
     planted = {**good, "prompt": "q", "generations": [{"type": "os.system", "text": "x"}]}
     lines = [
         json.dumps(good),
@@ -346,6 +392,41 @@ def test_commands_name_the_upgrade_when_the_schema_is_missing(empty_db: str) -> 
         code, _, err = run(*command, "--url", empty_db)
         assert code == EXIT_ERROR
         assert "langchain-sqlcache db upgrade --url" in err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *messages: str) -> None:
+    code, _, err = result
+    assert code == EXIT_ERROR, err
+    assert err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    for message in messages:
+        assert message in err
+
+
+def test_import_refuses_a_database_without_tables(empty_db: str, tmp_path: Path) -> None:
+    dump = tmp_path / "one.jsonl"
+    dump.write_text(json.dumps(GOOD_RECORD) + "\n", encoding="utf-8")
+    assert_one_line_error(
+        run("import", str(dump), "--url", empty_db), "do not exist", "db upgrade --url"
+    )
+    assert tables(empty_db) == set()
+
+
+def test_database_at_an_older_revision(empty_db: str, tmp_path: Path) -> None:
+    code, out, err = run("db", "upgrade", "0001", "--url", empty_db)
+    assert (code, out.strip()) == (0, "at 0001"), err
+    assert run("db", "current", "--url", empty_db)[:2] == (0, "0001\n")
+    code, out, _ = run("db", "check", "--url", empty_db)
+    assert code == EXIT_BEHIND
+    assert out.startswith(f"behind: database at 0001, package at {head_revision()}; run: ")
+    dump = tmp_path / "one.jsonl"
+    dump.write_text(json.dumps(GOOD_RECORD) + "\n", encoding="utf-8")
+    expected = f"expected {head_revision()}; run: langchain-sqlcache db upgrade --url"
+    for command in (["import", str(dump)], ["stats"], ["prune"], ["clear", "--yes"], ["export"]):
+        assert_one_line_error(run(*command, "--url", empty_db), expected)
+    assert migrations.current(empty_db) == "0001"  # refused, never altered
+    assert run("db", "upgrade", "--url", empty_db)[0] == 0
+    assert run("db", "check", "--url", empty_db)[0] == 0
 
 
 @pytest.mark.parametrize("command", ["demo", "stats", "prune", "clear", "export", "import"])
