@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import Engine, select, update
 
-from langchain_sqlcache import SQLCache
+from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.codec import entry_key, model_of
 from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
 from langchain_sqlcache.models import entry_table, generation_table
@@ -73,14 +73,51 @@ def prompts_left(backend: Backend, cache: SQLCache) -> list[str]:
     return [row.prompt for row in entry_rows(backend, cache)]
 
 
+OTHER_LLM = "[('model', 'other-model')]"
+
+
+async def neighbour(backend: Backend, make_cache: Callable[..., SQLCache], family: str) -> SQLCache:
+    """Another namespace in the same tables, whose entries every cap and filter would take.
+
+    Written first (the oldest ids), with both llm strings, last written in 2019 and
+    expired: a prune or a clear that forgot the namespace would delete them before any other.
+    """
+    other = make_cache()
+    await put(other, family, "n0", LLM, VALUE)
+    await put(other, family, "n1", OTHER_LLM, VALUE)
+    engine = sync_engine(backend.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(entry_table)
+                .where(entry_table.c.namespace == other.namespace)
+                .values(
+                    updated_at=datetime(2019, 1, 1, tzinfo=timezone.utc),
+                    expires_at=datetime(2019, 1, 2, tzinfo=timezone.utc),
+                )
+            )
+    finally:
+        engine.dispose()
+    return other
+
+
+@pytest.mark.parametrize(
+    ("ttl", "lifetime"),
+    [(3600, HOUR), (timedelta(minutes=90), timedelta(minutes=90))],
+    ids=["seconds", "timedelta"],
+)
 async def test_ttl_sets_expiry_and_an_expired_entry_is_a_miss_at_once(
-    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+    backend: Backend,
+    make_cache: Callable[..., SQLCache],
+    family: str,
+    ttl: float | timedelta,
+    lifetime: timedelta,
 ) -> None:
-    cache = make_cache(ttl=3600)
+    cache = make_cache(ttl=ttl)
     before = datetime.now(timezone.utc)
     await put(cache, family, "p", LLM, VALUE)
     (row,) = entry_rows(backend, cache)
-    assert before + HOUR <= row.expires_at <= datetime.now(timezone.utc) + HOUR
+    assert before + lifetime <= row.expires_at <= datetime.now(timezone.utc) + lifetime
     assert await get(cache, family, "p", LLM) == VALUE
     set_entry(backend, cache, "p", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
     # Not deleted yet, already a miss.
@@ -89,6 +126,12 @@ async def test_ttl_sets_expiry_and_an_expired_entry_is_a_miss_at_once(
     assert cache.stats().expired == 1
     assert (cache.prune() if family == "sync" else await cache.aprune()) == 1
     assert entry_rows(backend, cache) == []
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1), 0, -5])
+def test_ttl_must_be_positive(ttl: float | timedelta) -> None:
+    with pytest.raises(ConfigurationError, match="ttl must be positive"):
+        SQLCache("sqlite:///never-opened.db", ttl=ttl)
 
 
 async def test_without_ttl_entries_never_expire(
@@ -104,6 +147,7 @@ async def test_without_ttl_entries_never_expire(
 async def test_max_entries_evicts_the_oldest(
     backend: Backend, make_cache: Callable[..., SQLCache], family: str
 ) -> None:
+    other = await neighbour(backend, make_cache, family)
     cache = make_cache(max_entries=5, prune_every=None)
     for i in range(8):
         await put(cache, family, f"p{i}", LLM, VALUE)
@@ -112,6 +156,7 @@ async def test_max_entries_evicts_the_oldest(
     assert (cache.prune() if family == "sync" else await cache.aprune()) == 3
     assert prompts_left(backend, cache) == [f"p{i}" for i in range(3, 8)]
     assert cache.prune() == 0
+    assert prompts_left(backend, other) == ["n0", "n1"]
 
 
 async def test_max_bytes_evicts_the_oldest_until_under(
@@ -184,8 +229,9 @@ async def clear(cache: SQLCache, family: str, **filters: Any) -> None:
 async def test_clear_filters(
     backend: Backend, make_cache: Callable[..., SQLCache], family: str
 ) -> None:
+    other = await neighbour(backend, make_cache, family)
     cache = make_cache(batch_size=2, prune_every=None)
-    other_llm = "[('model', 'other-model')]"
+    other_llm = OTHER_LLM
     for i in range(3):
         await put(cache, family, f"a{i}", LLM, VALUE)
         await put(cache, family, f"b{i}", other_llm, VALUE)
@@ -205,6 +251,8 @@ async def test_clear_filters(
         await put(cache, family, f"c{i}", LLM, VALUE)
     await clear(cache, family)  # no filter: the whole namespace, 2 entries a transaction
     assert prompts_left(backend, cache) == []
+    # The other namespace matched every filter and kept every entry.
+    assert prompts_left(backend, other) == ["n0", "n1"]
 
 
 async def test_clear_deletes_in_batches_each_in_its_own_transaction(
