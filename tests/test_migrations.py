@@ -391,7 +391,7 @@ async def test_cache_migrates_an_empty_database_to_head(empty_db: str) -> None:
     assert_models_match_database(empty_db)
 
 
-def test_cache_refuses_a_schema_at_another_revision(
+async def test_cache_refuses_a_schema_at_another_revision(
     empty_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ordered = revisions()
@@ -407,7 +407,12 @@ def test_cache_refuses_a_schema_at_another_revision(
         behind.lookup("p", "llm")
     with pytest.raises(SchemaError, match="langchain-sqlcache db upgrade"):
         behind.update("p", "llm", [Generation(text="x")])
-    behind.close()
+    # The async engine checks on its own first use, and refuses the same way.
+    with pytest.raises(SchemaError, match=r"expected .*; run: langchain-sqlcache db upgrade --url"):
+        await behind.alookup("p", "llm")
+    with pytest.raises(SchemaError, match="langchain-sqlcache db upgrade"):
+        await behind.aupdate("p", "llm", [Generation(text="x")])
+    await behind.aclose()
     monkeypatch.undo()
     migrations.upgrade(empty_db)
     engine = sync_engine(empty_db)
