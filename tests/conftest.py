@@ -152,7 +152,8 @@ async def async_cache(backend: Backend) -> AsyncIterator[SQLCache]:
     await sql_cache.aclose()
 
 
-SCRATCH_DATABASE = "sqlcache_migrations_test"
+# One scratch database per test run, so that two runs on one server never drop each other's.
+SCRATCH_DATABASE = unique_identifier("sqlcache_migrations_test")
 
 
 def sync_engine(url: str) -> Engine:

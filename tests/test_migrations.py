@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from langchain_sqlcache.migrations import (
     make_config,
     release_lock,
 )
-from tests.conftest import Backend, sync_engine
+from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.test_engines import StatementLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,47 +334,28 @@ def test_alembic_from_the_repository_root(empty_db: str) -> None:
     assert table_names(empty_db) == OWN_TABLES
 
 
-MIGRATION_SCHEMA = "sqlcache_migration_schema"
-
-
-@pytest.fixture
-def named_schema(backend: Backend) -> Iterator[str]:
-    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
-    drop = (
-        f"DROP SCHEMA IF EXISTS {MIGRATION_SCHEMA} CASCADE"
-        if backend.name == "postgresql"
-        else f"DROP DATABASE IF EXISTS {MIGRATION_SCHEMA}"
-    )
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-        if backend.name == "mysql":
-            connection.execute(text(f"CREATE DATABASE {MIGRATION_SCHEMA} CHARACTER SET utf8mb4"))
-    yield MIGRATION_SCHEMA
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-    admin.dispose()
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 async def test_schema_option_holds_tables_and_version_table(
-    backend: Backend, named_schema: str
+    backend: Backend, scratch_schema: str
 ) -> None:
     before = table_names(backend.url)
     result = alembic_cli(
-        "-x", f"url={backend.url}", "-x", f"schema={named_schema}", "upgrade", "head"
+        "-x", f"url={backend.url}", "-x", f"schema={scratch_schema}", "upgrade", "head"
     )
     assert result.returncode == 0, result.stderr
-    assert table_names(backend.url, schema=named_schema) == OWN_TABLES
+    assert table_names(backend.url, schema=scratch_schema) == OWN_TABLES
     assert table_names(backend.url) == before
-    assert migrations.current(backend.url, schema=named_schema) == head_revision()
-    cache = SQLCache(backend.url, schema=named_schema, namespace="schema", create_tables=False)
+    assert migrations.current(backend.url, schema=scratch_schema) == head_revision()
+    cache = SQLCache(
+        backend.url, schema=scratch_schema, namespace=unique_namespace(), create_tables=False
+    )
     try:
         cache.update("p", "llm", [Generation(text="in the schema")])
         assert await cache.alookup("p", "llm") == [Generation(text="in the schema")]
     finally:
         await cache.aclose()
-    migrations.downgrade(backend.url, "base", schema=named_schema)
-    assert table_names(backend.url, schema=named_schema) == set()
+    migrations.downgrade(backend.url, "base", schema=scratch_schema)
+    assert table_names(backend.url, schema=scratch_schema) == set()
 
 
 async def test_cache_migrates_an_empty_database_to_head(empty_db: str) -> None:
@@ -435,7 +415,7 @@ def test_create_tables_false_on_an_empty_database(empty_db: str) -> None:
 
 async def test_schema_check_is_one_query_per_engine_once(backend: Backend) -> None:
     migrations.upgrade(backend.url)  # already at head: the cache only checks
-    cache = SQLCache(backend.url, namespace="check-once")
+    cache = SQLCache(backend.url, namespace=unique_namespace())
     assert cache._engines is not None
     assert cache._async_engines is not None
     engines = (cache._engines.writer, cache._async_engines.writer.sync_engine)
