@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -68,14 +69,25 @@ def _start_container(name: str, stack: contextlib.ExitStack) -> str | None:
     except Exception:  # noqa: BLE001 - no Docker engine: nothing to start
         return None
     if name == "postgresql":
-        from testcontainers.postgres import PostgresContainer
-
-        pg = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+        postgres_container = _container_class("postgres", "PostgresContainer")
+        pg = stack.enter_context(postgres_container("postgres:16", driver=None))
         return str(pg.get_connection_url())
-    from testcontainers.mysql import MySqlContainer
-
-    my = stack.enter_context(MySqlContainer("mysql:8.4"))
+    mysql_container = _container_class("mysql", "MySqlContainer")
+    my = stack.enter_context(mysql_container("mysql:8.4"))
     return str(my.get_connection_url()).replace("mysql+pymysql://", "mysql://")
+
+
+def _container_class(module: str, name: str) -> Any:
+    """A testcontainers class from where the installed version keeps it.
+
+    Recent releases moved the modules under ``testcontainers.community`` and keep the old
+    paths only as deprecated aliases; the test extra accepts any 4.x.
+    """
+    try:
+        found = importlib.import_module(f"testcontainers.community.{module}")
+    except ImportError:
+        found = importlib.import_module(f"testcontainers.{module}")
+    return getattr(found, name)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +126,14 @@ def unique_namespace() -> str:
     return f"test-{uuid.uuid4().hex}"
 
 
+def unique_identifier(prefix: str) -> str:
+    """A database, schema or role name of our own on a server other test runs share.
+
+    Lowercase letters, digits and underscores only, well under Postgres' 63 characters.
+    """
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def cache(backend: Backend) -> Iterator[SQLCache]:
     """An empty SQLCache on the backend under test, used through its sync methods."""
@@ -132,7 +152,8 @@ async def async_cache(backend: Backend) -> AsyncIterator[SQLCache]:
     await sql_cache.aclose()
 
 
-SCRATCH_DATABASE = "sqlcache_migrations_test"
+# One scratch database per test run, so that two runs on one server never drop each other's.
+SCRATCH_DATABASE = unique_identifier("sqlcache_migrations_test")
 
 
 def sync_engine(url: str) -> Engine:
@@ -173,3 +194,28 @@ def family(request: pytest.FixtureRequest) -> str:
     """Which family of methods a test drives: sync (update/lookup) or async (a-methods)."""
     name: str = request.param
     return name
+
+
+@pytest.fixture
+def scratch_schema(backend: Backend) -> Iterator[str]:
+    """A Postgres schema or MySQL database of this test's own, dropped afterwards.
+
+    The Postgres schema does not exist yet (the cache and `db upgrade` create it); the MySQL
+    database does, since creating one is the DBA's job there.
+    """
+    if backend.name not in SERVER_BACKENDS:
+        pytest.skip("a schema is a server feature")
+    name = unique_identifier("sqlcache_schema")
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    if backend.name == "mysql":
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    yield name
+    drop = (
+        f"DROP SCHEMA IF EXISTS {name} CASCADE"
+        if backend.name == "postgresql"
+        else f"DROP DATABASE IF EXISTS {name}"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(drop))
+    admin.dispose()

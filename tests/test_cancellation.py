@@ -10,7 +10,7 @@ from langchain_core.outputs import Generation
 from sqlalchemy import text
 
 from langchain_sqlcache import SQLCache
-from tests.conftest import Backend, sync_engine
+from tests.conftest import Backend, sync_engine, unique_namespace
 
 CANCELLATIONS_WANTED = 100
 OPERATIONS = 1000
@@ -84,7 +84,7 @@ async def test_random_cancellations(empty_db: str, backend: Backend) -> None:
 # Each loop's pooled connections must be closed by that loop: a driver's finalizer running
 # after its loop closed reports an error, which pytest turns into a failure here.
 async def test_the_same_cache_in_successive_event_loops(backend: Backend) -> None:
-    cache = SQLCache(backend.url, namespace="loops")
+    cache = SQLCache(backend.url, namespace=unique_namespace())
 
     async def use(i: int) -> None:
         await cache.aupdate(f"p{i}", LLM, value_of(i, 1))

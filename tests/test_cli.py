@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, update
 from sqlalchemy.engine import make_url
 
-from langchain_sqlcache import SQLCache, migrations
+from langchain_sqlcache import SQLCache, demo, migrations
 from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_SKIPPED, main
+from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
-from tests.conftest import Backend, unique_namespace
+from langchain_sqlcache.models import entry_table
+from tests.conftest import Backend, sync_engine, unique_namespace
 
 LLM = "[('model', 'cli-model')]"
 
 
-def tables(url: str) -> set[str]:
+def tables(url: str, schema: str | None = None) -> set[str]:
     engine = create_engine(driver_urls(make_url(url))[0])
     try:
-        return set(inspect(engine).get_table_names()) & OWN_TABLES
+        return set(inspect(engine).get_table_names(schema=schema)) & OWN_TABLES
     finally:
         engine.dispose()
 
@@ -97,16 +102,48 @@ def test_usage_errors_exit_2() -> None:
 # -- demo, stats, prune, clear, export, import -----------------------------------------------
 
 
+DEMO_LATENCY = 0.2
+
+
+def demo_rows(out: str) -> dict[str, list[list[str]]]:
+    """The demo's tables by their first column (family or model), cells split apart."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in out.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        rows.setdefault(cells[0], []).append(cells)
+    return rows
+
+
 def test_demo(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    # The demo's fixed namespace would collide with another run's on a shared server.
+    namespace = unique_namespace()
+    monkeypatch.setattr(demo, "NAMESPACE", namespace)
     url = None if backend.name == "sqlite" else backend.url
-    code, out, err = run("demo", "--latency", "0.05", *(["--url", url] if url else []))
+    latency = ["--latency", str(DEMO_LATENCY)]
+    try:
+        code, out, err = run("demo", *latency, *(["--url", url] if url else []))
+    finally:
+        if url is not None:
+            SQLCache(url, namespace=namespace).clear()
     assert code == 0, err
     for expected in ("miss (ms)", "hit (ms)", "stats()", "fake-gpt-4o-mini", "llm_cache_outputs"):
         assert expected in out
-    lines = out.splitlines()
-    assert sum(line.startswith("sync ") for line in lines) == 3
-    assert sum(line.startswith("async ") for line in lines) == 2
+    rows = demo_rows(out)
+    asked_twice = len(demo.SYNC_PROMPTS) + len(demo.ASYNC_PROMPTS)
+    timings = rows["sync"] + rows["async"]
+    assert [row[1] for row in timings] == demo.SYNC_PROMPTS + demo.ASYNC_PROMPTS
+    model_ms = DEMO_LATENCY * 1000
+    for _, prompt, miss, hit, _ in timings:
+        # The first answer waited for the model; the second cannot have, so the cache
+        # served it.
+        assert float(miss) >= model_ms, (prompt, miss)
+        assert float(hit) < model_ms / 4, (prompt, hit)
+    # stats(): one entry and one hit per prompt asked twice, in both tables.
+    (total,) = rows["total"]
+    assert (total[1], total[-1]) == (str(asked_twice), str(asked_twice))
+    by_model = rows["fake-gpt-4o-mini"]
+    assert [(row[1], row[-1]) for row in by_model] == [(str(asked_twice), str(asked_twice))] * 2
     if url is None:  # the embedded default leaves a cache file to open
         assert (tmp_path / ".langchain_cache.db").exists()
         assert "sqlite3 .langchain_cache.db" in out
@@ -147,6 +184,47 @@ def test_stats_prune_clear(backend: Backend, seeded_namespace: str) -> None:
     assert result.exit_code == 0
     assert "cleared 3 entries" in result.stdout
     assert run("clear", *ns, "--older-than", "yesterday", "--yes")[0] == 2
+
+
+def test_clear_expired_only_clear_older_than_a_date_and_prune_expired(
+    backend: Backend, seeded_namespace: str
+) -> None:
+    ns = ["--url", backend.url, "--namespace", seeded_namespace]
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    set_entry(backend, seeded_namespace, LLM, "prompt 0", expires_at=an_hour_ago)
+    code, out, _ = run("clear", *ns, "--expired-only", "--yes")
+    assert (code, out.strip()) == (0, "cleared 1 entries")
+    assert exported(*ns) == ["prompt 1", "prompt 2", "prompt 3"]
+    set_entry(backend, seeded_namespace, LLM, "prompt 1",
+              updated_at=datetime(2019, 12, 31, tzinfo=timezone.utc))  # fmt: skip
+    code, out, _ = run("clear", *ns, "--older-than", "2020-01-01T00:00:00+00:00", "--yes")
+    assert (code, out.strip()) == (0, "cleared 1 entries")
+    assert exported(*ns) == ["prompt 2", "prompt 3"]
+    # prune without caps deletes what has expired, and only that.
+    set_entry(backend, seeded_namespace, LLM, "prompt 2", expires_at=an_hour_ago)
+    code, out, _ = run("prune", *ns)
+    assert (code, out.strip()) == (0, "pruned 1 entries")
+    assert exported(*ns) == ["prompt 3"]
+    assert run("prune", *ns)[1].strip() == "pruned 0 entries"
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+def test_upgrade_and_stats_in_a_schema(backend: Backend, scratch_schema: str) -> None:
+    in_schema = ["--url", backend.url, "--schema", scratch_schema]
+    code, out, err = run("db", "upgrade", *in_schema)
+    assert (code, out.strip()) == (0, f"at {head_revision()}"), err
+    assert tables(backend.url, schema=scratch_schema) == OWN_TABLES
+    assert run("db", "check", *in_schema)[:2] == (0, f"up to date: {head_revision()}\n")
+    namespace = unique_namespace()
+    cache = SQLCache(backend.url, schema=scratch_schema, namespace=namespace, create_tables=False)
+    for i in range(2):
+        cache.update(f"prompt {i}", LLM, [Generation(text="in the schema")])
+    cache.close()
+    code, out, _ = run("stats", *in_schema, "--namespace", namespace, "--json")
+    assert (code, json.loads(out)["entries"]) == (0, 2)
+    # The default schema's tables hold nothing of this namespace.
+    code, out, _ = run("stats", "--url", backend.url, "--namespace", namespace, "--json")
+    assert (code, json.loads(out)["entries"]) == (0, 0)
 
 
 def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Path) -> None:
@@ -195,17 +273,75 @@ def test_export_import_round_trip(backend: Backend, empty_db: str, tmp_path: Pat
     SQLCache(backend.url, namespace=namespace).clear()
 
 
+def set_entry(
+    backend: Backend, namespace: str, llm_string: str, prompt: str, **values: Any
+) -> None:
+    """Rewrite columns of one entry (to make it look old, or expired)."""
+    engine = sync_engine(backend.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(entry_table)
+                .where(entry_table.c.key_hash == entry_key(namespace, prompt, llm_string))
+                .values(**values)
+            )
+    finally:
+        engine.dispose()
+
+
+def exported(*args: str) -> list[str]:
+    """The prompts `export` writes to standard output, sorted; checks its count line."""
+    code, out, err = run("export", *args)
+    assert code == 0, err
+    prompts = sorted(json.loads(line)["prompt"] for line in out.splitlines())
+    assert f"exported {len(prompts)} entries" in err
+    return prompts
+
+
+def test_export_filters(backend: Backend) -> None:
+    namespace = unique_namespace()
+    # An llm_string no other namespace has, to pick this test's entries out of all of them.
+    other_llm = f"[('model', 'other-{namespace}')]"
+    cache = SQLCache(backend.url, namespace=namespace)
+    try:
+        for i in range(3):
+            cache.update(f"a{i}", LLM, [Generation(text="a")])
+            cache.update(f"b{i}", other_llm, [Generation(text="b")])
+        forty_days_ago = datetime.now(timezone.utc) - timedelta(days=40)
+        set_entry(backend, namespace, LLM, "a0", updated_at=forty_days_ago)
+        set_entry(backend, namespace, other_llm, "b0", updated_at=forty_days_ago)
+        in_2020 = datetime(2020, 6, 1, tzinfo=timezone.utc)
+        set_entry(backend, namespace, other_llm, "b1", updated_at=in_2020)
+        ns = ["--url", backend.url, "--namespace", namespace]
+        assert exported(*ns) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        assert exported(*ns, "--llm-string", other_llm) == ["b0", "b1", "b2"]
+        assert exported(*ns, "--older-than", "30d") == ["a0", "b0", "b1"]
+        assert exported(*ns, "--older-than", "2021-01-01T00:00:00+00:00") == ["b1"]
+        assert exported(*ns, "--older-than", "30d", "--llm-string", other_llm) == ["b0", "b1"]
+        # Without --namespace the filters apply to every namespace.
+        assert exported("--url", backend.url, "--llm-string", other_llm) == ["b0", "b1", "b2"]
+        # Parsed as clear's: a duration or an ISO datetime with a zone, else a usage error.
+        for bad in ("yesterday", "2021-01-01T00:00:00"):
+            assert run("export", *ns, "--older-than", bad)[0] == 2
+    finally:
+        cache.clear()
+        cache.close()
+
+
+GOOD_RECORD = {
+    "format": "langchain-sqlcache/1",
+    "namespace": "n",
+    "prompt": "p",
+    "llm_string": LLM,
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "updated_at": "2026-01-01T00:00:00+00:00",
+    "generations": [{"type": "Generation", "text": "ok"}],
+}
+
+
 def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path) -> None:
     assert run("db", "upgrade", "--url", empty_db)[0] == 0
-    good = {
-        "format": "langchain-sqlcache/1",
-        "namespace": "n",
-        "prompt": "p",
-        "llm_string": LLM,
-        "created_at": "2026-01-01T00:00:00+00:00",
-        "updated_at": "2026-01-01T00:00:00+00:00",
-        "generations": [{"type": "Generation", "text": "ok"}],
-    }
+    good = GOOD_RECORD
     planted = {**good, "prompt": "q", "generations": [{"type": "os.system", "text": "x"}]}
     lines = [
         json.dumps(good),
@@ -256,6 +392,41 @@ def test_commands_name_the_upgrade_when_the_schema_is_missing(empty_db: str) -> 
         code, _, err = run(*command, "--url", empty_db)
         assert code == EXIT_ERROR
         assert "langchain-sqlcache db upgrade --url" in err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *messages: str) -> None:
+    code, _, err = result
+    assert code == EXIT_ERROR, err
+    assert err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    for message in messages:
+        assert message in err
+
+
+def test_import_refuses_a_database_without_tables(empty_db: str, tmp_path: Path) -> None:
+    dump = tmp_path / "one.jsonl"
+    dump.write_text(json.dumps(GOOD_RECORD) + "\n", encoding="utf-8")
+    assert_one_line_error(
+        run("import", str(dump), "--url", empty_db), "do not exist", "db upgrade --url"
+    )
+    assert tables(empty_db) == set()
+
+
+def test_database_at_an_older_revision(empty_db: str, tmp_path: Path) -> None:
+    code, out, err = run("db", "upgrade", "0001", "--url", empty_db)
+    assert (code, out.strip()) == (0, "at 0001"), err
+    assert run("db", "current", "--url", empty_db)[:2] == (0, "0001\n")
+    code, out, _ = run("db", "check", "--url", empty_db)
+    assert code == EXIT_BEHIND
+    assert out.startswith(f"behind: database at 0001, package at {head_revision()}; run: ")
+    dump = tmp_path / "one.jsonl"
+    dump.write_text(json.dumps(GOOD_RECORD) + "\n", encoding="utf-8")
+    expected = f"expected {head_revision()}; run: langchain-sqlcache db upgrade --url"
+    for command in (["import", str(dump)], ["stats"], ["prune"], ["clear", "--yes"], ["export"]):
+        assert_one_line_error(run(*command, "--url", empty_db), expected)
+    assert migrations.current(empty_db) == "0001"  # refused, never altered
+    assert run("db", "upgrade", "--url", empty_db)[0] == 0
+    assert run("db", "check", "--url", empty_db)[0] == 0
 
 
 @pytest.mark.parametrize("command", ["demo", "stats", "prune", "clear", "export", "import"])

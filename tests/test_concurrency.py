@@ -1,13 +1,18 @@
-"""Many threads, tasks and processes writing the same keys: no error, one whole value each."""
+"""Many threads, tasks and processes writing the same keys: no error, one whole value each.
+
+Every cache here is built with ``on_error="raise"``: under the default policy a deadlock or a
+lock timeout that outlasts the retries would become a silent no-op or miss, and the test
+would pass without proving anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import random
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from langchain_core.outputs import Generation
@@ -15,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.models import entry_table, generation_table
-from tests.conftest import Backend
+from tests.conftest import Backend, unique_namespace
 
 WORKERS = 32
 ROUNDS = 10
@@ -37,6 +42,27 @@ def assert_whole(value: Sequence[Generation] | None) -> None:
     assert [g.text.split("/")[2] for g in value] == [str(i) for i in range(size)]
 
 
+def plan(writer: int, prompts: Sequence[str]) -> list[str]:
+    """The key each round of a writer updates (seeded: the parent knows what children wrote)."""
+    rng = random.Random(writer)
+    return [rng.choice(prompts) for _ in range(ROUNDS)]
+
+
+def written(writers: range, prompts: Sequence[str]) -> dict[str, list[list[Generation]]]:
+    """Every value written to each key by ``writers``."""
+    values: dict[str, list[list[Generation]]] = {prompt: [] for prompt in prompts}
+    for writer in writers:
+        for round_, prompt in enumerate(plan(writer, prompts)):
+            values[prompt].append(value_of(writer, round_))
+    return values
+
+
+def assert_complete(value: Sequence[Generation] | None, candidates: list[list[Generation]]) -> None:
+    """The value is, whole and exactly, one of the values written to its key."""
+    assert value is not None, "a key that was written reads as a miss"
+    assert list(value) in candidates, f"not a value written to this key: {value}"
+
+
 def assert_stored_once(backend: Backend, namespace: str, keys: int) -> None:
     engine = create_engine(backend.sync_url)
     try:
@@ -55,81 +81,120 @@ def assert_stored_once(backend: Backend, namespace: str, keys: int) -> None:
     assert orphans == 0
 
 
-def hammer(cache: SQLCache, writer: int, prompts: Sequence[str]) -> int:
-    rng = random.Random(writer)
-    for round_ in range(ROUNDS):
-        prompt = rng.choice(prompts)
+def strict_cache(url: str, namespace: str, **options: Any) -> SQLCache:
+    """A cache whose every failure raises, so that no error can pass as a no-op or a miss."""
+    return SQLCache(url, namespace=namespace, on_error="raise", **options)
+
+
+def hammer(
+    cache: SQLCache,
+    writer: int,
+    prompts: Sequence[str],
+    values: dict[str, list[list[Generation]]],
+) -> int:
+    for round_, prompt in enumerate(plan(writer, prompts)):
         cache.update(prompt, LLM, value_of(writer, round_))
-        found = cache.lookup(prompt, LLM)
-        assert_whole(found)
+        # Another writer may have replaced it since, but only with a whole value of its own.
+        assert_complete(cache.lookup(prompt, LLM), values[prompt])
     return writer
 
 
 @pytest.mark.parametrize("keys", [1, 50], ids=["one-key", "many-keys"])
 def test_threads(backend: Backend, keys: int) -> None:
-    namespace = f"threads-{keys}-{threading.get_ident()}"
-    cache = SQLCache(backend.url, namespace=namespace, pool_size=WORKERS, max_overflow=0)
+    namespace = unique_namespace()
+    cache = strict_cache(backend.url, namespace, pool_size=WORKERS, max_overflow=0)
     prompts = [f"prompt {i}" for i in range(keys)]
+    values = written(range(WORKERS), prompts)
     try:
-        cache.clear()
         with ThreadPoolExecutor(WORKERS) as pool:
-            done = list(pool.map(hammer, [cache] * WORKERS, range(WORKERS), [prompts] * WORKERS))
+            done = list(
+                pool.map(
+                    hammer,
+                    [cache] * WORKERS,
+                    range(WORKERS),
+                    [prompts] * WORKERS,
+                    [values] * WORKERS,
+                )
+            )
         assert sorted(done) == list(range(WORKERS))
         for prompt in prompts:
-            assert_whole(cache.lookup(prompt, LLM))
+            assert_complete(cache.lookup(prompt, LLM), values[prompt])
         assert_stored_once(backend, namespace, keys)
+        assert cache.stats().failures == 0
     finally:
         cache.clear()
         cache.close()
 
 
-async def ahammer(cache: SQLCache, writer: int, prompts: Sequence[str]) -> int:
-    rng = random.Random(writer)
-    for round_ in range(ROUNDS):
-        prompt = rng.choice(prompts)
+async def ahammer(
+    cache: SQLCache,
+    writer: int,
+    prompts: Sequence[str],
+    values: dict[str, list[list[Generation]]],
+) -> int:
+    for round_, prompt in enumerate(plan(writer, prompts)):
         await cache.aupdate(prompt, LLM, value_of(writer, round_))
-        assert_whole(await cache.alookup(prompt, LLM))
+        assert_complete(await cache.alookup(prompt, LLM), values[prompt])
     return writer
 
 
 @pytest.mark.parametrize("keys", [1, 50], ids=["one-key", "many-keys"])
 async def test_tasks(backend: Backend, keys: int) -> None:
-    namespace = f"tasks-{keys}"
-    cache = SQLCache(backend.url, namespace=namespace, pool_size=WORKERS, max_overflow=0)
+    namespace = unique_namespace()
+    cache = strict_cache(backend.url, namespace, pool_size=WORKERS, max_overflow=0)
     prompts = [f"prompt {i}" for i in range(keys)]
+    values = written(range(WORKERS), prompts)
     try:
-        await cache.aclear()
-        done = await asyncio.gather(*(ahammer(cache, w, prompts) for w in range(WORKERS)))
+        done = await asyncio.gather(*(ahammer(cache, w, prompts, values) for w in range(WORKERS)))
         assert sorted(done) == list(range(WORKERS))
         for prompt in prompts:
-            assert_whole(await cache.alookup(prompt, LLM))
+            assert_complete(await cache.alookup(prompt, LLM), values[prompt])
         assert_stored_once(backend, namespace, keys)
+        assert (await cache.astats()).failures == 0
     finally:
         await cache.aclear()
         await cache.aclose()
 
 
-def process_worker(url: str, namespace: str, first_writer: int) -> int:
-    """Run in a child process: several threads hammering one key."""
-    cache = SQLCache(url, namespace=namespace)
+PROCESSES, THREADS_PER_PROCESS = 4, 8
+SHARED = ["shared"]
+
+
+def process_worker(url: str, namespace: str, first_writer: int) -> tuple[int, int]:
+    """Run in a child process: several threads hammering one key; (writers done, failures)."""
+    cache = strict_cache(url, namespace)
+    writers = range(first_writer, first_writer + THREADS_PER_PROCESS)
+    values = written(range(PROCESSES * THREADS_PER_PROCESS), SHARED)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            writers = range(first_writer, first_writer + 8)
-            return len(list(pool.map(hammer, [cache] * 8, writers, [["shared"]] * 8)))
+        with ThreadPoolExecutor(THREADS_PER_PROCESS) as pool:
+            done = list(
+                pool.map(
+                    hammer,
+                    [cache] * len(writers),
+                    writers,
+                    [SHARED] * len(writers),
+                    [values] * len(writers),
+                )
+            )
+        return len(done), cache.stats().failures
     finally:
         cache.close()
 
 
 def test_processes(backend: Backend) -> None:
-    namespace = "processes"
-    cache = SQLCache(backend.url, namespace=namespace)
+    namespace = unique_namespace()
+    cache = strict_cache(backend.url, namespace)
     try:
-        cache.clear()
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(4, mp_context=context) as pool:
-            futures = [pool.submit(process_worker, backend.url, namespace, 8 * p) for p in range(4)]
-            assert [f.result(timeout=300) for f in futures] == [8, 8, 8, 8]
-        assert_whole(cache.lookup("shared", LLM))
+        with ProcessPoolExecutor(PROCESSES, mp_context=context) as pool:
+            futures = [
+                pool.submit(process_worker, backend.url, namespace, THREADS_PER_PROCESS * p)
+                for p in range(PROCESSES)
+            ]
+            results = [f.result(timeout=300) for f in futures]
+        assert results == [(THREADS_PER_PROCESS, 0)] * PROCESSES
+        values = written(range(PROCESSES * THREADS_PER_PROCESS), SHARED)
+        assert_complete(cache.lookup("shared", LLM), values["shared"])
         assert_stored_once(backend, namespace, 1)
     finally:
         cache.clear()

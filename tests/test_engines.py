@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.outputs import Generation
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -21,7 +22,7 @@ from langchain_sqlcache.engines import (
     engine_defaults,
     with_defaults,
 )
-from tests.conftest import Backend
+from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 
 LLM = "engines-llm"
@@ -134,7 +135,7 @@ async def test_application_engines_are_reused_and_left_open(
     disposed: list[object] = []
     for target in (engine, async_engine.sync_engine):
         event.listen(target, "engine_disposed", disposed.append)
-    cache = SQLCache(engine=engine, async_engine=async_engine, namespace="app-engines")
+    cache = SQLCache(engine=engine, async_engine=async_engine, namespace=unique_namespace())
     cache.update("p", LLM, VALUE)
     assert await cache.alookup("p", LLM) == VALUE
     await cache.aclear()
@@ -145,11 +146,11 @@ async def test_application_engines_are_reused_and_left_open(
 
 async def test_missing_family_names_what_to_pass(app_engines: tuple[Engine, AsyncEngine]) -> None:
     engine, async_engine = app_engines
-    sync_only = SQLCache(engine=engine, namespace="sync-only")
+    sync_only = SQLCache(engine=engine, namespace=unique_namespace())
     assert sync_only.lookup("p", LLM) is None
     with pytest.raises(MissingEngineError, match=r"async_engine=create_async_engine\(\.\.\.\)"):
         await sync_only.alookup("p", LLM)
-    async_only = SQLCache(async_engine=async_engine, namespace="async-only")
+    async_only = SQLCache(async_engine=async_engine, namespace=unique_namespace())
     assert await async_only.alookup("p", LLM) is None
     with pytest.raises(MissingEngineError, match=r"pass engine=create_engine\(\.\.\.\)"):
         async_only.update("p", LLM, VALUE)
@@ -160,7 +161,7 @@ def test_url_and_one_engine_derive_the_other_family(
     backend: Backend, app_engines: tuple[Engine, AsyncEngine]
 ) -> None:
     engine, _ = app_engines
-    cache = SQLCache(backend.url, engine=engine, namespace="mixed")
+    cache = SQLCache(backend.url, engine=engine, namespace=unique_namespace())
     assert cache._engines is not None
     assert cache._engines.writer is engine
     assert cache._async_engines is not None
@@ -205,19 +206,74 @@ def test_transaction_pooler_settings_merge_with_the_users() -> None:
     assert cache._engines.reader is not cache._engines.writer
 
 
+@dataclass(frozen=True)
+class Executed:
+    """One statement as the driver received it."""
+
+    statement: str
+    parameters: Any
+    executemany: bool
+
+    @property
+    def rows(self) -> int:
+        """How many parameter sets it carried (an executemany carries one per row)."""
+        return len(self.parameters) if self.executemany else 1
+
+
+COMMIT = "COMMIT"
+
+
 class StatementLog:
-    """Every statement an engine sends, with whether its connection was in autocommit."""
+    """Every statement an engine sends, with whether its connection was in autocommit.
+
+    ``events`` keeps the same statements with their parameters, and the commits between
+    them, in order, for tests that count rows per statement or statements per transaction.
+    """
 
     def __init__(self, *engines: Engine) -> None:
         self.statements: list[tuple[str, bool]] = []
+        self.events: list[Executed | str] = []
         for engine in engines:
             event.listen(engine, "before_cursor_execute", self._record)
+            event.listen(engine, "commit", self._commit)
 
-    def _record(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    def _record(
+        self,
+        conn: Any,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        executemany: bool,
+    ) -> None:
         self.statements.append((statement, in_autocommit(conn.connection.dbapi_connection)))
+        self.events.append(Executed(statement, parameters, executemany))
+
+    def _commit(self, _conn: Any) -> None:
+        self.events.append(COMMIT)
+
+    @property
+    def executed(self) -> list[Executed]:
+        return [e for e in self.events if isinstance(e, Executed)]
+
+    @property
+    def commits(self) -> int:
+        return self.events.count(COMMIT)
+
+    def transactions(self) -> list[list[Executed]]:
+        """The statements sent between commits, one list per committed transaction."""
+        done: list[list[Executed]] = [[]]
+        for item in self.events:
+            if isinstance(item, Executed):
+                done[-1].append(item)
+            else:
+                done.append([])
+        assert not done[-1], f"statements after the last commit: {done[-1]}"
+        return done[:-1]
 
     def clear(self) -> None:
         self.statements.clear()
+        self.events.clear()
 
 
 def in_autocommit(dbapi_connection: Any) -> bool:
@@ -238,7 +294,7 @@ async def test_create_tables_false_never_issues_ddl(
     SQLCache(engine=engine).lookup("ensure the tables exist", LLM)
     log = StatementLog(engine, async_engine.sync_engine)
     cache = SQLCache(
-        engine=engine, async_engine=async_engine, namespace="no-ddl", create_tables=False
+        engine=engine, async_engine=async_engine, namespace=unique_namespace(), create_tables=False
     )
     cache.update("p", LLM, VALUE)
     assert await cache.alookup("p", LLM) == VALUE
@@ -255,34 +311,21 @@ async def test_create_tables_false_never_issues_ddl(
     assert inspect(empty).get_table_names() == []
 
 
-SCHEMA = "sqlcache_test_schema"
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
-async def test_schema_holds_the_tables(backend: Backend, family: str) -> None:
+async def test_schema_holds_the_tables(backend: Backend, family: str, scratch_schema: str) -> None:
+    # A MySQL "schema" is a database, which the DBA creates (the fixture does); Postgres
+    # schemas are created by the cache when absent.
     admin = create_engine(backend.sync_url)
-    drop = (
-        "DROP SCHEMA IF EXISTS {} CASCADE"
-        if backend.name == "postgresql"
-        else ("DROP DATABASE IF EXISTS {}")
-    )
-    with admin.begin() as connection:
-        connection.execute(text(drop.format(SCHEMA)))
-        if backend.name == "mysql":
-            # A MySQL "schema" is a database, which the DBA creates; Postgres schemas are
-            # created by the cache when absent.
-            connection.execute(text(f"CREATE DATABASE {SCHEMA} CHARACTER SET utf8mb4"))
-    cache = SQLCache(backend.url, schema=SCHEMA, namespace="in-schema")
+    namespace = unique_namespace()
+    cache = SQLCache(backend.url, schema=scratch_schema, namespace=namespace)
     try:
         await put(cache, family, "p", LLM, VALUE)
         assert await get(cache, family, "p", LLM) == VALUE
-        tables = set(inspect(admin).get_table_names(schema=SCHEMA))
+        tables = set(inspect(admin).get_table_names(schema=scratch_schema))
         assert tables == {"llm_cache_entry", "llm_cache_generation", "llm_cache_alembic_version"}
-        default = SQLCache(backend.url, namespace="in-schema")
+        default = SQLCache(backend.url, namespace=namespace)
         assert await get(default, family, "p", LLM) is None
         await default.aclose()
     finally:
         await cache.aclose()
-        with admin.begin() as connection:
-            connection.execute(text(drop.format(SCHEMA)))
         admin.dispose()

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 
-from langchain_sqlcache import SQLCache
+from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.codec import entry_key, model_of
+from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
 from langchain_sqlcache.models import entry_table, generation_table
 from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.helpers import get, put, wipe
@@ -72,14 +73,51 @@ def prompts_left(backend: Backend, cache: SQLCache) -> list[str]:
     return [row.prompt for row in entry_rows(backend, cache)]
 
 
+OTHER_LLM = "[('model', 'other-model')]"
+
+
+async def neighbour(backend: Backend, make_cache: Callable[..., SQLCache], family: str) -> SQLCache:
+    """Another namespace in the same tables, whose entries every cap and filter would take.
+
+    Written first (the oldest ids), with both llm strings, last written in 2019 and
+    expired: a prune or a clear that forgot the namespace would delete them before any other.
+    """
+    other = make_cache()
+    await put(other, family, "n0", LLM, VALUE)
+    await put(other, family, "n1", OTHER_LLM, VALUE)
+    engine = sync_engine(backend.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                update(entry_table)
+                .where(entry_table.c.namespace == other.namespace)
+                .values(
+                    updated_at=datetime(2019, 1, 1, tzinfo=timezone.utc),
+                    expires_at=datetime(2019, 1, 2, tzinfo=timezone.utc),
+                )
+            )
+    finally:
+        engine.dispose()
+    return other
+
+
+@pytest.mark.parametrize(
+    ("ttl", "lifetime"),
+    [(3600, HOUR), (timedelta(minutes=90), timedelta(minutes=90))],
+    ids=["seconds", "timedelta"],
+)
 async def test_ttl_sets_expiry_and_an_expired_entry_is_a_miss_at_once(
-    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+    backend: Backend,
+    make_cache: Callable[..., SQLCache],
+    family: str,
+    ttl: float | timedelta,
+    lifetime: timedelta,
 ) -> None:
-    cache = make_cache(ttl=3600)
+    cache = make_cache(ttl=ttl)
     before = datetime.now(timezone.utc)
     await put(cache, family, "p", LLM, VALUE)
     (row,) = entry_rows(backend, cache)
-    assert before + HOUR <= row.expires_at <= datetime.now(timezone.utc) + HOUR
+    assert before + lifetime <= row.expires_at <= datetime.now(timezone.utc) + lifetime
     assert await get(cache, family, "p", LLM) == VALUE
     set_entry(backend, cache, "p", expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
     # Not deleted yet, already a miss.
@@ -88,6 +126,12 @@ async def test_ttl_sets_expiry_and_an_expired_entry_is_a_miss_at_once(
     assert cache.stats().expired == 1
     assert (cache.prune() if family == "sync" else await cache.aprune()) == 1
     assert entry_rows(backend, cache) == []
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1), 0, -5])
+def test_ttl_must_be_positive(ttl: float | timedelta) -> None:
+    with pytest.raises(ConfigurationError, match="ttl must be positive"):
+        SQLCache("sqlite:///never-opened.db", ttl=ttl)
 
 
 async def test_without_ttl_entries_never_expire(
@@ -103,6 +147,7 @@ async def test_without_ttl_entries_never_expire(
 async def test_max_entries_evicts_the_oldest(
     backend: Backend, make_cache: Callable[..., SQLCache], family: str
 ) -> None:
+    other = await neighbour(backend, make_cache, family)
     cache = make_cache(max_entries=5, prune_every=None)
     for i in range(8):
         await put(cache, family, f"p{i}", LLM, VALUE)
@@ -111,6 +156,7 @@ async def test_max_entries_evicts_the_oldest(
     assert (cache.prune() if family == "sync" else await cache.aprune()) == 3
     assert prompts_left(backend, cache) == [f"p{i}" for i in range(3, 8)]
     assert cache.prune() == 0
+    assert prompts_left(backend, other) == ["n0", "n1"]
 
 
 async def test_max_bytes_evicts_the_oldest_until_under(
@@ -203,8 +249,9 @@ async def clear(cache: SQLCache, family: str, **filters: Any) -> None:
 async def test_clear_filters(
     backend: Backend, make_cache: Callable[..., SQLCache], family: str
 ) -> None:
+    other = await neighbour(backend, make_cache, family)
     cache = make_cache(batch_size=2, prune_every=None)
-    other_llm = "[('model', 'other-model')]"
+    other_llm = OTHER_LLM
     for i in range(3):
         await put(cache, family, f"a{i}", LLM, VALUE)
         await put(cache, family, f"b{i}", other_llm, VALUE)
@@ -224,6 +271,31 @@ async def test_clear_filters(
         await put(cache, family, f"c{i}", LLM, VALUE)
     await clear(cache, family)  # no filter: the whole namespace, 2 entries a transaction
     assert prompts_left(backend, cache) == []
+    # The other namespace matched every filter and kept every entry.
+    assert prompts_left(backend, other) == ["n0", "n1"]
+
+
+async def test_clear_deletes_in_batches_each_in_its_own_transaction(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(batch_size=2, prune_every=None)
+    for i in range(5):
+        await put(cache, family, f"p{i}", LLM, VALUE)
+    log = traffic(cache)
+    await clear(cache, family)
+    assert prompts_left(backend, cache) == []
+
+    def entry_deletes(statements: list[Any]) -> list[Any]:
+        return [e for e in statements if e.statement.startswith("DELETE FROM llm_cache_entry")]
+
+    # 5 entries, 2 a batch: 3 DELETEs of 2, 2 and 1 ids ...
+    deletes = entry_deletes(log.executed)
+    assert [len(e.parameters) for e in deletes] == [2, 2, 1], deletes
+    # ... each committed on its own, so no transaction holds more than a batch of rows.
+    batches = [t for t in log.transactions() if entry_deletes(t)]
+    assert [len(entry_deletes(t)) for t in batches] == [1, 1, 1]
+    # A last transaction finds nothing left to delete and ends the loop.
+    assert log.commits == len(batches) + 1
 
 
 async def test_clear_rejects_bad_arguments(make_cache: Callable[..., SQLCache]) -> None:
@@ -315,6 +387,79 @@ async def test_hits_are_counted_in_batches(
     assert (rows["hot"].hit_count, rows["cold"].hit_count) == (5, 0)
     assert rows["hot"].last_hit_at is not None
     assert rows["cold"].last_hit_at is None
+
+
+def traffic(cache: SQLCache) -> StatementLog:
+    """Log what both families of the cache send, each statement once.
+
+    Listening on the engines the cache built catches their autocommit copies too (which
+    share the engine's events), so no statement is counted twice.
+    """
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    engines: list[Engine] = [*cache._engines.owned]
+    engines += [engine.sync_engine for engine in cache._async_engines.owned]
+    return StatementLog(*engines)
+
+
+def patient_hits(cache: SQLCache) -> None:
+    """Flush hits only on the key limit or on demand, never on time mid-test."""
+    cache._hits = HitBuffer(max_seconds=3600)
+
+
+async def test_hits_send_only_selects_until_stats_writes_one_update_per_key(
+    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+) -> None:
+    cache = make_cache(record_hits=True)
+    patient_hits(cache)
+    reads = {"a": 5, "b": 3, "c": 1}
+    for prompt in reads:
+        await put(cache, family, prompt, LLM, VALUE)
+    log = traffic(cache)
+    for prompt, times in reads.items():
+        for _ in range(times):
+            assert await get(cache, family, prompt, LLM) == VALUE
+    # The hits cost the lookups nothing: one SELECT each, no write on the read path.
+    verbs = [e.statement.split(None, 1)[0].upper() for e in log.executed]
+    assert verbs == ["SELECT"] * sum(reads.values()), log.executed
+    log.clear()
+    stats = cache.stats() if family == "sync" else await cache.astats()
+    assert stats.hits == sum(reads.values())
+    updates = [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    # One UPDATE statement for the batch, one row of parameters (one UPDATE) per key.
+    assert len(updates) == 1, log.executed
+    assert updates[0].rows == len(reads)
+    assert {row.prompt: row.hit_count for row in entry_rows(backend, cache)} == reads
+
+
+async def test_hits_flush_when_distinct_keys_reach_the_limit(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    assert MAX_PENDING_KEYS == 256  # the figure README.md and docs/lifecycle.md give
+    cache = make_cache(record_hits=True, prune_every=None)
+    patient_hits(cache)
+    prompts = [f"p{i}" for i in range(MAX_PENDING_KEYS + 1)]
+    for prompt in prompts:
+        cache.update(prompt, LLM, VALUE)
+    log = traffic(cache)
+    for prompt in prompts[: MAX_PENDING_KEYS - 1]:
+        assert cache.lookup(prompt, LLM) == VALUE
+        assert cache.lookup(prompt, LLM) == VALUE  # a key hit twice is still one key
+    assert all(e.statement.lstrip().upper().startswith("SELECT") for e in log.executed)
+    assert {row.hit_count for row in entry_rows(backend, cache)} == {0}
+    # The limit-th distinct key flushes the batch from within its lookup.
+    assert cache.lookup(prompts[MAX_PENDING_KEYS - 1], LLM) == VALUE
+    updates = [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    assert [u.rows for u in updates] == [MAX_PENDING_KEYS]
+    counts = {row.prompt: row.hit_count for row in entry_rows(backend, cache)}
+    assert counts == {**{p: 2 for p in prompts[: MAX_PENDING_KEYS - 1]},
+                      prompts[MAX_PENDING_KEYS - 1]: 1, prompts[-1]: 0}  # fmt: skip
+    # The buffer starts over: the next hit waits for the next flush.
+    log.clear()
+    assert cache.lookup(prompts[-1], LLM) == VALUE
+    assert not [e for e in log.executed if e.statement.lstrip().upper().startswith("UPDATE")]
+    cache.close()
+    assert {row.prompt: row.hit_count for row in entry_rows(backend, cache)}[prompts[-1]] == 1
 
 
 async def test_hot_key_hit_counts_under_threads(

@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,16 +37,18 @@ from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SchemaError, SQLCache, migrations
 from langchain_sqlcache.codec import entry_key
-from langchain_sqlcache.engines import driver_urls
+from langchain_sqlcache.engines import create_migration_engine, driver_urls
 from langchain_sqlcache.migrations import (
     OWN_TABLES,
     VERSION_TABLE,
+    acquire_lock,
     head_revision,
     include_name,
     include_object,
     make_config,
+    release_lock,
 )
-from tests.conftest import Backend, sync_engine
+from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.test_engines import StatementLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +179,13 @@ def test_host_application_history_survives(empty_db: str) -> None:
         engine.dispose()
 
 
-def upgrade_in_a_process(url: str) -> list[str]:
-    """Run in a child process: upgrade head, and return the revisions it applied itself."""
+def upgrade_in_a_process(url: str, barrier: Any = None, started: Any = None) -> list[str]:
+    """Run in a child process: upgrade head, and return the revisions it applied itself.
+
+    Just before the upgrade, once the child has imported everything, it waits on
+    ``barrier`` and sets ``started`` (a manager's Barrier and Event), so that the parent
+    decides when the children race.
+    """
     applied: list[str] = []
 
     class Collect(logging.Handler):
@@ -189,18 +196,57 @@ def upgrade_in_a_process(url: str) -> list[str]:
     logger = logging.getLogger("alembic.runtime.migration")
     logger.setLevel(logging.INFO)
     logger.addHandler(Collect())
+    head_revision()  # read the scripts now, not in the race
+    if barrier is not None:
+        barrier.wait(timeout=120)
+    if started is not None:
+        started.set()
     migrations.upgrade(url)
     return applied
 
 
 def test_concurrent_upgrades_apply_each_revision_once(empty_db: str) -> None:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(4, mp_context=context) as pool:
-        results = list(pool.map(upgrade_in_a_process, [empty_db] * 4, timeout=300))
+    with context.Manager() as manager, ProcessPoolExecutor(4, mp_context=context) as pool:
+        # Spawned children take a second or more to start: without the barrier the first
+        # could finish before the last begins, and nothing would have raced.
+        barrier = manager.Barrier(4)
+        results = list(pool.map(upgrade_in_a_process, [empty_db] * 4, [barrier] * 4, timeout=300))
     applied = [message for result in results for message in result]
     assert len(applied) == len(revisions()), applied
     assert migrations.current(empty_db) == head_revision()
     assert table_names(empty_db) == OWN_TABLES
+
+
+def test_upgrade_waits_for_the_migration_lock(empty_db: str) -> None:
+    """While the lock is held (pg_advisory_xact_lock, GET_LOCK, BEGIN IMMEDIATE), an upgrade
+    waits; it runs once the lock is released."""
+    # The engine env.py migrates with: on SQLite it has switched the file to WAL first, as
+    # any migrator would have (a file still in rollback mode refuses the child's switch to
+    # WAL while another connection holds the write lock, without waiting).
+    engine = create_migration_engine(make_url(empty_db))
+    context = multiprocessing.get_context("spawn")
+    try:
+        with (
+            engine.connect() as holder,
+            context.Manager() as manager,
+            ProcessPoolExecutor(1, mp_context=context) as pool,
+        ):
+            with holder.begin():
+                acquire_lock(holder)  # the very lock env.py takes
+                started = manager.Event()
+                child = pool.submit(upgrade_in_a_process, empty_db, None, started)
+                assert started.wait(timeout=120), "the child never got to its upgrade"
+                time.sleep(1.0)
+                assert not child.done(), child.result()
+                assert table_names(empty_db) == set()
+            # The transaction's end frees Postgres' and SQLite's locks; MySQL's is the
+            # session's (and server-wide: hold it no longer than this).
+            release_lock(holder)
+            assert len(child.result(timeout=120)) == len(revisions())
+    finally:
+        engine.dispose()
+    assert migrations.current(empty_db) == head_revision()
 
 
 def apply_script(url: str, sql: str) -> None:
@@ -288,47 +334,28 @@ def test_alembic_from_the_repository_root(empty_db: str) -> None:
     assert table_names(empty_db) == OWN_TABLES
 
 
-MIGRATION_SCHEMA = "sqlcache_migration_schema"
-
-
-@pytest.fixture
-def named_schema(backend: Backend) -> Iterator[str]:
-    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
-    drop = (
-        f"DROP SCHEMA IF EXISTS {MIGRATION_SCHEMA} CASCADE"
-        if backend.name == "postgresql"
-        else f"DROP DATABASE IF EXISTS {MIGRATION_SCHEMA}"
-    )
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-        if backend.name == "mysql":
-            connection.execute(text(f"CREATE DATABASE {MIGRATION_SCHEMA} CHARACTER SET utf8mb4"))
-    yield MIGRATION_SCHEMA
-    with admin.connect() as connection:
-        connection.execute(text(drop))
-    admin.dispose()
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 async def test_schema_option_holds_tables_and_version_table(
-    backend: Backend, named_schema: str
+    backend: Backend, scratch_schema: str
 ) -> None:
     before = table_names(backend.url)
     result = alembic_cli(
-        "-x", f"url={backend.url}", "-x", f"schema={named_schema}", "upgrade", "head"
+        "-x", f"url={backend.url}", "-x", f"schema={scratch_schema}", "upgrade", "head"
     )
     assert result.returncode == 0, result.stderr
-    assert table_names(backend.url, schema=named_schema) == OWN_TABLES
+    assert table_names(backend.url, schema=scratch_schema) == OWN_TABLES
     assert table_names(backend.url) == before
-    assert migrations.current(backend.url, schema=named_schema) == head_revision()
-    cache = SQLCache(backend.url, schema=named_schema, namespace="schema", create_tables=False)
+    assert migrations.current(backend.url, schema=scratch_schema) == head_revision()
+    cache = SQLCache(
+        backend.url, schema=scratch_schema, namespace=unique_namespace(), create_tables=False
+    )
     try:
         cache.update("p", "llm", [Generation(text="in the schema")])
         assert await cache.alookup("p", "llm") == [Generation(text="in the schema")]
     finally:
         await cache.aclose()
-    migrations.downgrade(backend.url, "base", schema=named_schema)
-    assert table_names(backend.url, schema=named_schema) == set()
+    migrations.downgrade(backend.url, "base", schema=scratch_schema)
+    assert table_names(backend.url, schema=scratch_schema) == set()
 
 
 async def test_cache_migrates_an_empty_database_to_head(empty_db: str) -> None:
@@ -344,7 +371,7 @@ async def test_cache_migrates_an_empty_database_to_head(empty_db: str) -> None:
     assert_models_match_database(empty_db)
 
 
-def test_cache_refuses_a_schema_at_another_revision(
+async def test_cache_refuses_a_schema_at_another_revision(
     empty_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ordered = revisions()
@@ -360,7 +387,12 @@ def test_cache_refuses_a_schema_at_another_revision(
         behind.lookup("p", "llm")
     with pytest.raises(SchemaError, match="langchain-sqlcache db upgrade"):
         behind.update("p", "llm", [Generation(text="x")])
-    behind.close()
+    # The async engine checks on its own first use, and refuses the same way.
+    with pytest.raises(SchemaError, match=r"expected .*; run: langchain-sqlcache db upgrade --url"):
+        await behind.alookup("p", "llm")
+    with pytest.raises(SchemaError, match="langchain-sqlcache db upgrade"):
+        await behind.aupdate("p", "llm", [Generation(text="x")])
+    await behind.aclose()
     monkeypatch.undo()
     migrations.upgrade(empty_db)
     engine = sync_engine(empty_db)
@@ -383,7 +415,7 @@ def test_create_tables_false_on_an_empty_database(empty_db: str) -> None:
 
 async def test_schema_check_is_one_query_per_engine_once(backend: Backend) -> None:
     migrations.upgrade(backend.url)  # already at head: the cache only checks
-    cache = SQLCache(backend.url, namespace="check-once")
+    cache = SQLCache(backend.url, namespace=unique_namespace())
     assert cache._engines is not None
     assert cache._async_engines is not None
     engines = (cache._engines.writer, cache._async_engines.writer.sync_engine)

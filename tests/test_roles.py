@@ -11,9 +11,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from langchain_sqlcache import SQLCache, migrations
-from tests.conftest import Backend, sync_engine
+from tests.conftest import Backend, sync_engine, unique_identifier
 
-ROLE = "sqlcache_runtime"
+# Roles are server-wide: a name of this run's own, so that two runs never drop each other's.
+ROLE = unique_identifier("sqlcache_runtime")
 PASSWORD = "runtime-pw"
 
 # The grants the README's "Deploying" section gives, one statement each.

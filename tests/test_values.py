@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select, text
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import unescape_text
 from langchain_sqlcache.models import entry_table, generation_table
-from tests.conftest import Backend
+from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put, wipe
 
 LLM = "model=fake-1;temperature=0"
@@ -222,8 +222,8 @@ async def test_empty_value_deletes_the_entry(
 
 
 async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
-    first = SQLCache(backend.url, namespace="tenant-a-" + family)
-    second = SQLCache(backend.url, namespace="tenant-b-" + family)
+    first = SQLCache(backend.url, namespace=unique_namespace())
+    second = SQLCache(backend.url, namespace=unique_namespace())
     try:
         await wipe(first, family)
         await wipe(second, family)
@@ -243,7 +243,8 @@ async def test_namespaces_are_isolated(backend: Backend, family: str) -> None:
 async def test_similar_namespaces_are_distinct(backend: Backend, family: str) -> None:
     # MySQL's default collation would equate these; namespaces compare byte for byte.
     names = ["Tenant", "tenant", "tenant\t", "tenant\x00"]
-    caches = [SQLCache(backend.url, namespace=f"{family}-{name}") for name in names]
+    base = unique_namespace()
+    caches = [SQLCache(backend.url, namespace=f"{base}-{name}") for name in names]
     try:
         for cache, name in zip(caches, names, strict=True):
             await wipe(cache, family)

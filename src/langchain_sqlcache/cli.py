@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import IO, Any, TypeVar
 
 import click
@@ -94,6 +94,28 @@ class Age(click.ParamType[timedelta | datetime]):
         if moment is None or moment.tzinfo is None:
             self.fail(f"{value!r} is neither a duration (30d, 12h) nor an ISO datetime with a zone")
         return moment
+
+
+llm_string_option = click.option(
+    "--llm-string", default=None, help="Only the entries of this llm_string."
+)
+older_than_option = click.option(
+    "--older-than",
+    type=Age(),
+    default=None,
+    help="Only entries last written longer ago: 30d, 12h, ... or an ISO datetime.",
+)
+
+
+def _filters(
+    llm_string: str | None, older_than: timedelta | datetime | None, expired_only: bool = False
+) -> dict[str, Any]:
+    """The filter options given, as keyword arguments of SQLCache.clear() (which parses them)."""
+    given: dict[str, Any] = {"llm_string": llm_string, "older_than": older_than}
+    filters = {name: value for name, value in given.items() if value is not None}
+    if expired_only:
+        filters["expired_only"] = True
+    return filters
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -269,8 +291,8 @@ def prune(
 @url_option
 @namespace_option
 @schema_option
-@click.option("--llm-string", default=None, help="Only the entries of this llm_string.")
-@click.option("--older-than", type=Age(), default=None, help="30d, 12h, ... or an ISO datetime.")
+@llm_string_option
+@older_than_option
 @click.option("--expired-only", is_flag=True, help="Only entries whose ttl has passed.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_one_line_errors
@@ -293,9 +315,7 @@ def clear(
         if not yes and not _confirmed(question):
             click.echo("not cleared", err=True)
             sys.exit(EXIT_SKIPPED)
-        filters: dict[str, Any] = {"llm_string": llm_string, "older_than": older_than}
-        cache.clear(**{k: v for k, v in filters.items() if v is not None},
-                    **({"expired_only": True} if expired_only else {}))  # fmt: skip
+        cache.clear(**_filters(llm_string, older_than, expired_only))
         click.echo(f"cleared {before - cache.stats().entries} entries")
     finally:
         cache.close()
@@ -305,15 +325,31 @@ def clear(
 @url_option
 @click.option("--namespace", default=None, help="Only this namespace (default: all).")
 @schema_option
+@llm_string_option
+@older_than_option
 @click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-",
               help="File to write (default: standard output).")  # fmt: skip
 @_one_line_errors
-def export_command(url: str, namespace: str | None, schema: str | None, output: IO[str]) -> None:
-    """Write the cache (or a namespace) as JSON Lines, streaming, with a progress bar."""
+def export_command(
+    url: str,
+    namespace: str | None,
+    schema: str | None,
+    llm_string: str | None,
+    older_than: timedelta | datetime | None,
+    output: IO[str],
+) -> None:
+    """Write the cache (or a namespace, or the entries matching the filters) as JSON Lines.
+
+    Streams in pages, with a progress bar on standard error.
+    """
+    if isinstance(older_than, timedelta):
+        # One cutoff for the count and the export, so that the progress bar's total is exact.
+        older_than = datetime.now(timezone.utc) - older_than
+    filters = _filters(llm_string, older_than)
     cache = _cache(url, namespace or "", schema)
     try:
-        total = transfer.count(cache, all_namespaces=namespace is None)
-        records = transfer.export_records(cache, all_namespaces=namespace is None)
+        total = transfer.count(cache, all_namespaces=namespace is None, **filters)
+        records = transfer.export_records(cache, all_namespaces=namespace is None, **filters)
         with click.progressbar(records, length=total, label="export", file=sys.stderr) as bar:
             for record in bar:
                 output.write(transfer.to_line(record))

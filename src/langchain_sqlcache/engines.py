@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ class CLIENT:
 
 
 URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+SQLITE_WAL_RETRY_SECONDS = 0.01
 DEFAULT_URL = "sqlite:///.langchain_cache.db"
 
 
@@ -115,7 +118,7 @@ def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, 
         return {"isolation_level": "READ COMMITTED", "pool_recycle": 1800}
     if backend == "sqlite":
         # Wait for a writer rather than fail with "database is locked" at once.
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
     if transaction_pooler and url.get_driver_name() in ("psycopg", "psycopg_async"):
         return {"connect_args": {"prepare_threshold": None}}
     if transaction_pooler and url.get_driver_name() == "asyncpg":
@@ -366,9 +369,28 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: ConnectionPoolE
     try:
         # ON DELETE CASCADE needs foreign keys on; WAL lets readers run beside a writer.
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the file in WAL mode, waiting out other connections that are opening it too.
+
+    The switch needs the file to itself, and SQLite refuses it with "database is locked" at
+    once, without the busy timeout, while another connection holds a lock: processes that
+    open a new cache file together (concurrent first migrations) would fail. The mode
+    persists in the file, so this loop only ever runs on a brand-new one.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(SQLITE_WAL_RETRY_SECONDS)
 
 
 def _begin_immediate(connection: Connection) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -269,21 +269,69 @@ def _replace_value() -> Delete:
     )
 
 
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries clear() and export touch, as conditions on bind parameters.
+
+    ``namespace`` (the entry's namespace), ``llm_string``, ``cutoff`` (last written before
+    it) and ``now`` (expired by then); a filter without a parameter does not restrict.
+    """
+
+    namespace: bool
+    llm_string: bool
+    older_than: bool
+    expired_only: bool
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> EntryFilter:
+        """The filter whose bind parameters ``params`` supplies."""
+        return cls(
+            namespace="namespace" in params,
+            llm_string="llm_string" in params,
+            older_than="cutoff" in params,
+            expired_only="now" in params,
+        )
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE clauses (none: every entry)."""
+        found: list[ColumnElement[bool]] = []
+        if self.namespace:
+            found.append(entry.c.namespace == bindparam("namespace", type_=entry.c.namespace.type))
+        if self.llm_string:
+            found.append(entry.c.llm_string == bindparam("llm_string"))
+        if self.older_than:
+            found.append(entry.c.updated_at < bindparam("cutoff", type_=entry.c.updated_at.type))
+        if self.expired_only:
+            found.append(entry.c.expires_at <= bindparam("now", type_=entry.c.expires_at.type))
+        return found
+
+
 @functools.cache
-def matching_ids(
-    dialect_name: str, *, llm_string: bool, older_than: bool, expired_only: bool
-) -> Select[Any]:
-    """A batch of a namespace's entry ids that match clear()'s filters, oldest first."""
-    query = select(entry.c.id).where(
-        entry.c.namespace == bindparam("namespace", type_=entry.c.namespace.type)
+def matching_ids(which: EntryFilter) -> Select[Any]:
+    """A batch of the ids of the entries that match, oldest first (any dialect)."""
+    return (
+        select(entry.c.id)
+        .where(*which.conditions())
+        .order_by(entry.c.id)
+        .limit(bindparam("batch", type_=Integer))
     )
-    if llm_string:
-        query = query.where(entry.c.llm_string == bindparam("llm_string"))
-    if older_than:
-        query = query.where(entry.c.updated_at < bindparam("cutoff", type_=entry.c.updated_at.type))
-    if expired_only:
-        query = query.where(entry.c.expires_at <= bindparam("now", type_=entry.c.expires_at.type))
-    return query.order_by(entry.c.id).limit(bindparam("batch", type_=Integer))
+
+
+@functools.cache
+def matching_page(which: EntryFilter) -> Select[Any]:
+    """The next page (keyset: ids after ``after_id``) of the entries that match."""
+    return (
+        select(entry)
+        .where(entry.c.id > bindparam("after_id", type_=Integer), *which.conditions())
+        .order_by(entry.c.id)
+        .limit(bindparam("batch", type_=Integer))
+    )
+
+
+@functools.cache
+def matching_count(which: EntryFilter) -> Select[Any]:
+    """How many entries match."""
+    return select(func.count()).select_from(entry).where(*which.conditions())
 
 
 # -- operations: each takes a Connection and runs inside the caller's transaction ---------
@@ -611,14 +659,8 @@ def delete_entries(connection: Connection, entry_ids: Sequence[int]) -> int:
 
 def clear_batch(connection: Connection, namespace: str, filters: dict[str, Any], batch: int) -> int:
     """Delete one batch of the namespace's entries that match ``filters``."""
-    query = matching_ids(
-        connection.dialect.name,
-        llm_string="llm_string" in filters,
-        older_than="cutoff" in filters,
-        expired_only="now" in filters,
-    )
     params = {"namespace": namespace, "batch": batch, **filters}
-    ids = connection.execute(query, params).scalars().all()
+    ids = connection.execute(matching_ids(EntryFilter.of(params)), params).scalars().all()
     return delete_entries(connection, ids)
 
 
@@ -719,10 +761,6 @@ def stats_rows(connection: Connection, namespace: str, now: datetime) -> Sequenc
 class TransferStatements:
     """Statements for moving many entries: keyset pages out, batched upserts in."""
 
-    page: Select[Any]
-    page_in_namespace: Select[Any]
-    count: Select[Any]
-    count_in_namespace: Select[Any]
     generations_of_ids: Select[Any]
     upsert_entries: Insert
     ids_of_keys: Select[Any]
@@ -731,18 +769,7 @@ class TransferStatements:
 @functools.cache
 def transfer_statements(dialect_name: str) -> TransferStatements:
     """Return the transfer statements of a dialect."""
-    namespace = bindparam("namespace", type_=entry.c.namespace.type)
-    page = (
-        select(entry)
-        .where(entry.c.id > bindparam("after_id", type_=Integer))
-        .order_by(entry.c.id)
-        .limit(bindparam("batch", type_=Integer))
-    )
     return TransferStatements(
-        page=page,
-        page_in_namespace=page.where(entry.c.namespace == namespace),
-        count=select(func.count()).select_from(entry),
-        count_in_namespace=select(func.count()).where(entry.c.namespace == namespace),
         generations_of_ids=(
             select(generation)
             .where(generation.c.entry_id.in_(bindparam("ids", expanding=True)))
@@ -764,33 +791,26 @@ def transfer_statements(dialect_name: str) -> TransferStatements:
 
 
 def read_page(
-    connection: Connection, namespace: str | None, after_id: int, batch: int
+    connection: Connection, filters: Mapping[str, Any], after_id: int, batch: int
 ) -> tuple[list[Row[Any]], dict[int, list[Row[Any]]]]:
-    """One page of entries after ``after_id``, with their generations by entry id."""
-    statements = transfer_statements(connection.dialect.name)
-    params: dict[str, Any] = {"after_id": after_id, "batch": batch}
-    if namespace is None:
-        entries = connection.execute(statements.page, params).all()
-    else:
-        entries = connection.execute(
-            statements.page_in_namespace, {**params, "namespace": namespace}
-        ).all()
+    """One page of the entries after ``after_id`` that match, with their generations by id.
+
+    ``filters`` holds EntryFilter's bind parameters (none: every entry).
+    """
+    params = {**filters, "after_id": after_id, "batch": batch}
+    entries = connection.execute(matching_page(EntryFilter.of(filters)), params).all()
     generations: dict[int, list[Row[Any]]] = {}
     if entries:
+        statements = transfer_statements(connection.dialect.name)
         ids = {"ids": [row.id for row in entries]}
         for row in connection.execute(statements.generations_of_ids, ids):
             generations.setdefault(row.entry_id, []).append(row)
     return list(entries), generations
 
 
-def count_entries(connection: Connection, namespace: str | None) -> int:
-    """How many entries (of a namespace, or in all)."""
-    statements = transfer_statements(connection.dialect.name)
-    if namespace is None:
-        return int(connection.execute(statements.count).scalar_one())
-    return int(
-        connection.execute(statements.count_in_namespace, {"namespace": namespace}).scalar_one()
-    )
+def count_entries(connection: Connection, filters: Mapping[str, Any]) -> int:
+    """How many entries match ``filters`` (EntryFilter's bind parameters)."""
+    return int(connection.execute(matching_count(EntryFilter.of(filters)), filters).scalar_one())
 
 
 def write_values(

@@ -42,21 +42,36 @@ EXPORT_PAGE = 1000
 IMPORT_BATCH = 500
 
 
-def count(cache: SQLCache, *, all_namespaces: bool) -> int:
-    """How many entries an export would write."""
-    namespace = None if all_namespaces else escape_text(cache.namespace)
+def selection(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> dict[str, Any]:
+    """The entries an export reads, as the statements' bind parameters.
+
+    The cache's namespace (or every namespace), narrowed by ``clear()``'s filters:
+    ``llm_string=``, ``older_than=`` (aware datetime or timedelta), ``expired_only=True``,
+    parsed by the same code as ``clear()``.
+    """
+    params = cache._clear_filters(filters)
+    if not all_namespaces:
+        params["namespace"] = escape_text(cache.namespace)
+    return params
+
+
+def count(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> int:
+    """How many entries an export would write (filters as in :func:`selection`)."""
+    params = selection(cache, all_namespaces=all_namespaces, **filters)
     with cache._ready_engines().reader.connect() as connection:
-        return count_entries(connection, namespace)
+        return count_entries(connection, params)
 
 
-def export_records(cache: SQLCache, *, all_namespaces: bool) -> Iterator[dict[str, Any]]:
-    """Every entry (of the cache's namespace, or of all), oldest first, a page at a time."""
-    namespace = None if all_namespaces else escape_text(cache.namespace)
+def export_records(
+    cache: SQLCache, *, all_namespaces: bool, **filters: Any
+) -> Iterator[dict[str, Any]]:
+    """Every entry selected (see :func:`selection`), oldest first, a page at a time."""
+    params = selection(cache, all_namespaces=all_namespaces, **filters)
     engine = cache._ready_engines().reader
     after_id = 0
     while True:
         with engine.connect() as connection:
-            entries, generations = read_page(connection, namespace, after_id, EXPORT_PAGE)
+            entries, generations = read_page(connection, params, after_id, EXPORT_PAGE)
         if not entries:
             return
         for row in entries:
