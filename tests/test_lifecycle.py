@@ -419,9 +419,11 @@ async def test_hits_send_only_selects_until_stats_writes_one_update_per_key(
     for prompt, times in reads.items():
         for _ in range(times):
             assert await get(cache, family, prompt, LLM) == VALUE
-    # The hits cost the lookups nothing: one SELECT each, no write on the read path.
-    verbs = [e.statement.split(None, 1)[0].upper() for e in log.executed]
-    assert verbs == ["SELECT"] * sum(reads.values()), log.executed
+    # The hits cost the lookups nothing: no write on the read path. (Lookups go straight
+    # to the driver, so this log does not see them; tests/test_round_trips.py counts each
+    # as one round trip with hit recording on. A hit write would go through the engines
+    # logged here.)
+    assert log.executed == []
     log.clear()
     stats = cache.stats() if family == "sync" else await cache.astats()
     assert stats.hits == sum(reads.values())
@@ -445,7 +447,7 @@ async def test_hits_flush_when_distinct_keys_reach_the_limit(
     for prompt in prompts[: MAX_PENDING_KEYS - 1]:
         assert cache.lookup(prompt, LLM) == VALUE
         assert cache.lookup(prompt, LLM) == VALUE  # a key hit twice is still one key
-    assert all(e.statement.lstrip().upper().startswith("SELECT") for e in log.executed)
+    assert log.executed == []  # no write yet (lookups themselves bypass this log)
     assert {row.hit_count for row in entry_rows(backend, cache)} == {0}
     # The limit-th distinct key flushes the batch from within its lookup.
     assert cache.lookup(prompts[MAX_PENDING_KEYS - 1], LLM) == VALUE

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
+    DateTime,
     Integer,
     MetaData,
     String,
@@ -32,11 +35,11 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SchemaError, SQLCache, migrations
-from langchain_sqlcache.codec import entry_key
+from langchain_sqlcache.codec import entry_key, model_of
 from langchain_sqlcache.engines import create_migration_engine, driver_urls
 from langchain_sqlcache.migrations import (
     OWN_TABLES,
@@ -522,9 +525,73 @@ def write_at_0001(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         engine.dispose()
 
 
+REV_0002 = MetaData()
+UTC_0002 = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+ENTRY_0002 = Table(
+    "llm_cache_entry",
+    REV_0002,
+    Column("id", Integer, primary_key=True),
+    Column("key_hash", String(64)),
+    Column("namespace", String(255)),
+    Column("prompt", Text),
+    Column("llm_string", Text),
+    Column("llm_model", String(255)),
+    Column("created_at", UTC_0002),
+    Column("updated_at", UTC_0002),
+    Column("expires_at", UTC_0002),
+    Column("generation_count", Integer),
+    Column("size_bytes", BigInteger),
+    Column("hit_count", BigInteger),
+    Column("last_hit_at", UTC_0002),
+)
+GENERATION_0002 = Table(
+    "llm_cache_generation",
+    REV_0002,
+    Column("entry_id", Integer, primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("generation_type", String(32)),
+    Column("text", Text),
+    Column("generation_info", JSON().with_variant(postgresql.JSONB(), "postgresql")),
+    Column("message", JSON().with_variant(postgresql.JSONB(), "postgresql")),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+)
+
+
 def write_at_0002(url: str, namespace: str, prompt: str, llm_string: str) -> None:
-    # 0002 is the head: the cache itself writes its shape. Freeze this writer (as 0001's is)
-    # when a later revision lands.
+    # As the cache wrote at 0002: the entry's analytics columns, its rows with token counts.
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    engine = sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            inserted = connection.execute(
+                insert(ENTRY_0002).values(
+                    key_hash=entry_key(namespace, prompt, llm_string),
+                    namespace=namespace,
+                    prompt=prompt,
+                    llm_string=llm_string,
+                    llm_model=model_of(llm_string),
+                    created_at=now,
+                    updated_at=now,
+                    generation_count=len(ROWS_0001),
+                    size_bytes=len(prompt) + len(llm_string) + 200,
+                    hit_count=0,
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            rows = [
+                {**row, "entry_id": inserted[0], "input_tokens": None, "output_tokens": None}
+                for row in ROWS_0001
+            ]
+            rows[1].update(input_tokens=3, output_tokens=4)
+            connection.execute(insert(GENERATION_0002), rows)
+    finally:
+        engine.dispose()
+
+
+def write_at_0003(url: str, namespace: str, prompt: str, llm_string: str) -> None:
+    # 0003 is the head: the cache itself writes its shape. Freeze this writer (as 0001's and
+    # 0002's are) when a later revision lands.
     cache = SQLCache(url, namespace=namespace, create_tables=False)
     try:
         cache.update(prompt, llm_string, SURVIVOR)
@@ -532,7 +599,7 @@ def write_at_0002(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         cache.close()
 
 
-WRITERS = {"0001": write_at_0001, "0002": write_at_0002}
+WRITERS = {"0001": write_at_0001, "0002": write_at_0002, "0003": write_at_0003}
 OLD_LLM = "[('model', 'old-model'), ('temperature', 0.0)]"
 
 

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from langchain_sqlcache import SQLCache
+from langchain_sqlcache.hits import HitBuffer
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 from tests.wire import SQLiteTrace, WireTap
@@ -85,10 +86,13 @@ async def metered(backend: Backend) -> AsyncIterator[tuple[SQLCache, Meter]]:
 WARM_UP = 6
 
 
+@pytest.mark.parametrize("record_hits", [False, True])
 async def test_a_lookup_is_one_round_trip(
-    backend: Backend, metered: tuple[SQLCache, Meter], family: str
+    backend: Backend, metered: tuple[SQLCache, Meter], family: str, record_hits: bool
 ) -> None:
     cache, meter = metered
+    if record_hits:  # as record_hits=True does, but never flushing on time mid-test
+        cache._hits = HitBuffer(max_seconds=3600)
     await put(cache, family, "warm", LLM, answer(1))  # schema check, pools filled
     for prompt in ("missing", "warm") * WARM_UP:
         await get(cache, family, prompt, LLM)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from sqlalchemy import create_engine, func, select, text
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import unescape_text
 from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.statements import driver_query
+from langchain_sqlcache.transfer import export_records
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put, wipe
 
@@ -207,6 +211,107 @@ async def test_update_replaces_the_whole_value(
     assert await get(async_cache, family, "p", LLM) == [Generation(text="only")]
     assert stored_generation_count(backend, async_cache) == 1
     assert len(stored_entries(backend, async_cache)) == 1
+
+
+async def test_positions_past_the_value_are_never_read(
+    backend: Backend, async_cache: SQLCache, family: str
+) -> None:
+    """A value is its entry's first generation_count generations, wherever it is read.
+
+    On Postgres an update overwrites generations by position and deletes the positions past
+    the new value; a concurrent, longer write of the same key can leave some behind, out of
+    the update's snapshot. Planted here, such a row must not reach a lookup, the analysts'
+    view or an export, and the next update of the key removes it.
+    """
+    await put(async_cache, family, "p", LLM, [Generation(text="the value")])
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.begin() as connection:
+            entry_id = connection.execute(
+                select(entry_table.c.id).where(entry_table.c.namespace == async_cache.namespace)
+            ).scalar_one()
+            connection.execute(
+                generation_table.insert().values(
+                    entry_id=entry_id, idx=1, generation_type="Generation", text="left behind"
+                )
+            )
+        assert await get(async_cache, family, "p", LLM) == [Generation(text="the value")]
+        with engine.connect() as connection:
+            viewed = connection.execute(
+                text("SELECT text FROM llm_cache_outputs WHERE namespace = :ns"),
+                {"ns": async_cache.namespace},
+            ).scalars()
+            assert list(viewed) == ["the value"]
+        exported = list(export_records(async_cache, all_namespaces=False))
+        assert [g["text"] for g in exported[0]["generations"]] == ["the value"]
+        await put(async_cache, family, "p", LLM, [Generation(text="new value")])
+        assert stored_generation_count(backend, async_cache) == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_shorter_write_racing_a_longer_one_reads_whole(backend: Backend) -> None:
+    """The race the generation_count bound is for, staged on Postgres.
+
+    Writer A (4 generations) holds the entry's row lock in an open transaction; writer B (1
+    generation, the cache's one-statement update) starts and waits for it; A commits. B's
+    statement cannot see the positions A inserted after B's snapshot, so they survive B, yet
+    every reader gets B's value, whole.
+    """
+    cache = SQLCache(backend.url, namespace=unique_namespace())
+    longer = [Generation(text=f"A{i}") for i in range(4)]
+    cache.update("p", LLM, [Generation(text="first")])
+    assert cache._engines is not None
+    query = driver_query("replace_value", cache._engines.reader.dialect, None)
+    entry_row, generation_rows = cache._encode("p", LLM, longer)
+    values = {**entry_row, "generation_rows": generation_rows, "kept_generations": 4}
+    holder = cache._engines.writer.raw_connection()
+    try:
+        cursor = holder.cursor()
+        cursor.execute(query.sql, query.parameters(values))  # A, its transaction left open
+        writer_b = threading.Thread(target=cache.update, args=("p", LLM, [Generation(text="B")]))
+        writer_b.start()
+        watcher = create_engine(backend.sync_url)
+        with watcher.connect() as connection:
+            for _ in range(200):  # until B waits for A's row lock
+                waiting = connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE '%%llm_cache_entry%%'"
+                    )
+                ).scalar_one()
+                if waiting:
+                    break
+                time.sleep(0.01)
+            assert waiting, "writer B never waited for A's lock"
+        watcher.dispose()
+        holder.commit()
+        writer_b.join(timeout=30)
+    finally:
+        holder.close()
+    assert cache.lookup("p", LLM) == [Generation(text="B")]
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            positions = connection.execute(
+                select(generation_table.c.idx)
+                .join(entry_table)
+                .where(entry_table.c.namespace == cache.namespace)
+                .order_by(generation_table.c.idx)
+            ).scalars()
+            assert list(positions) == [0, 1, 2, 3]  # A's positions 1-3 outlived B
+            viewed = connection.execute(
+                text("SELECT text FROM llm_cache_outputs WHERE namespace = :ns"),
+                {"ns": cache.namespace},
+            ).scalars()
+            assert list(viewed) == ["B"]
+    finally:
+        engine.dispose()
+    cache.update("p", LLM, [Generation(text="C")])  # the next update clears them
+    assert stored_generation_count(backend, cache) == 1
+    cache.clear()
+    cache.close()
 
 
 async def test_empty_value_deletes_the_entry(

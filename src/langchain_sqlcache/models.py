@@ -176,8 +176,9 @@ generation_table = cast(Table, CacheGeneration.__table__)
 metadata = Base.metadata
 
 
-# The analysts' view, created by revision 0002. Described here (outside the models' metadata,
-# so that neither create_all nor autogenerate treats it as a table) for queries in code.
+# The analysts' view (revision 0002; since 0003 it reads only each entry's value, its first
+# generation_count generations). Described here (outside the models' metadata, so that neither
+# create_all nor autogenerate treats it as a table) for queries in code.
 outputs_view = Table(
     OUTPUTS_VIEW,
     MetaData(),

@@ -772,7 +772,9 @@ def transfer_statements(dialect_name: str) -> TransferStatements:
     return TransferStatements(
         generations_of_ids=(
             select(generation)
+            .join(entry, entry.c.id == generation.c.entry_id)
             .where(generation.c.entry_id.in_(bindparam("ids", expanding=True)))
+            .where(generation.c.idx < entry.c.generation_count)  # the value, as lookups read it
             .order_by(generation.c.entry_id, generation.c.idx)
         ),
         # Postgres and SQLite hand the ids back from the batched upsert itself; MySQL has no
