@@ -13,7 +13,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -29,7 +28,7 @@ class WireTap:
     pipelined batch, belong to the same round trip.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | URL) -> None:
         parsed = make_url(url)
         self._upstream = (parsed.host or "127.0.0.1", parsed.port or _default_port(parsed))
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -124,16 +123,6 @@ class WireTap:
 
 def _default_port(url: URL) -> int:
     return 5432 if url.get_backend_name() == "postgresql" else 3306
-
-
-@contextlib.contextmanager
-def wire_tap(url: str) -> Iterator[WireTap]:
-    """A :class:`WireTap` in front of the server of ``url``, closed afterwards."""
-    tap = WireTap(url)
-    try:
-        yield tap
-    finally:
-        tap.close()
 
 
 class SQLiteTrace:

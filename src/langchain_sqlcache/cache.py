@@ -647,7 +647,7 @@ class SQLCache(BaseCache):
                 # the return to the pool, where the async engine's sync facade drives the
                 # async driver.
                 return await greenlet_spawn(
-                    work, _sync_facade(engines), *args, _require_await=False, **kwargs
+                    work, engines.sync, *args, _require_await=False, **kwargs
                 )
             except Exception as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
@@ -658,17 +658,6 @@ class SQLCache(BaseCache):
 
 # -- work on a family's engines: the sync methods run it directly, the async ones in
 # SQLAlchemy's greenlet, on the sync facade of the async engines --------------------------
-
-
-def _sync_facade(engines: EnginePair[AsyncEngine]) -> EnginePair[Engine]:
-    return EnginePair(
-        engines.writer.sync_engine,
-        engines.reader.sync_engine,
-        (),
-        engines.schema,
-        engines.reader_mode,
-        engines.multi_statements,
-    )
 
 
 def _in_transaction(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:

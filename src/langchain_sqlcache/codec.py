@@ -306,9 +306,9 @@ def _decode_generation(
     return generation_cls(text=text, generation_info=generation_info)
 
 
-# How the escape marker can appear in a JSON document as text: itself (jsonb's text form and
-# documents written without ASCII escapes), or escaped (json.dumps' default).
-ESCAPED_MARKER_FORMS = (ESCAPE_MARKER, json.dumps(ESCAPE_MARKER)[1:-1])
+# The escape marker as json.dumps writes it (ASCII escapes); jsonb's text form, and documents
+# written without ASCII escapes, hold the character itself.
+ESCAPED_MARKER = json.dumps(ESCAPE_MARKER)[1:-1]
 
 
 def _parse_json(value: Any) -> Any:
@@ -318,7 +318,9 @@ def _parse_json(value: Any) -> Any:
     it (most documents: escaping is for NUL and lone surrogates).
     """
     if isinstance(value, str):
-        if not any(form in value for form in ESCAPED_MARKER_FORMS):
+        if value == "null":  # generation_info, most of the time
+            return None
+        if ESCAPE_MARKER not in value and ESCAPED_MARKER not in value:
             return json.loads(value)
         value = json.loads(value)
     # A driver may hand back a parsed document.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sqlite3
 import time
@@ -190,6 +191,22 @@ class EnginePair(Generic[E]):
     multi_statements: bool = False
     """The reader's MySQL connections accept several statements in one packet."""
 
+    @functools.cached_property
+    def sync(self) -> EnginePair[Engine]:
+        """The same engines as sync ones (an async engine's sync facade), to run work on.
+
+        SQLAlchemy drives a sync facade on the async driver from its greenlet. Built once
+        per pair, not per operation.
+        """
+        return EnginePair(
+            _sync_engine_of(self.writer),
+            _sync_engine_of(self.reader),
+            (),
+            self.schema,
+            self.reader_mode,
+            self.multi_statements,
+        )
+
 
 def build_pair(
     factory: Callable[..., E],
@@ -313,8 +330,9 @@ def _configure(engine: Engine) -> None:
     def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         _ping_if_idle(dialect, dbapi_connection, record)
 
-    event.listen(engine, "checkin", _note_return)
-    event.listen(engine, "checkout", ping_if_idle)
+    if engine.dialect.name != "sqlite":  # a file's connections do not go stale
+        event.listen(engine, "checkin", _note_return)
+        event.listen(engine, "checkout", ping_if_idle)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_immediate)
