@@ -342,9 +342,9 @@ class DriverQuery:
     """Statements compiled once for one dialect and schema, ready for the DBAPI cursor.
 
     The hot paths skip SQLAlchemy's execution path (a Connection, an execution context and
-    a result per call, some 50-65 µs against a lookup's round trip of 100-150 µs on
-    loopback): the statements are still built and compiled by SQLAlchemy, once, and their
-    bind processors still convert the parameters. Several statements are sent as one
+    a result per call, which cost a lookup about a third of a loopback round trip): the
+    statements are still built and compiled by SQLAlchemy, once, and their bind processors
+    still convert the parameters. Several statements are sent as one
     packet, where the connection allows it (MySQL with multi-statements).
     """
 
