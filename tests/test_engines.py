@@ -101,6 +101,27 @@ def test_backend_engines_use_the_expected_drivers(backend: Backend) -> None:
     cache.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_connections_are_configured(backend: Backend) -> None:
+    """WAL, NORMAL sync, foreign keys and a busy timeout, on every pool of both families."""
+    cache = SQLCache(backend.url, namespace=unique_namespace())
+    assert cache._engines is not None
+    assert cache._async_engines is not None
+    pragmas = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+    expected = ["wal", 1, 1, 30000]  # synchronous 1: NORMAL
+    for engine in cache._engines.owned:
+        with engine.connect() as connection:
+            got = [connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas]
+        assert got == expected, engine
+    for async_engine in cache._async_engines.owned:
+        async with async_engine.connect() as async_connection:
+            got = [
+                (await async_connection.exec_driver_sql(f"PRAGMA {p}")).scalar() for p in pragmas
+            ]
+        assert got == expected, async_engine
+    await cache.aclose()
+
+
 def test_default_url_is_the_env_var_then_a_sqlite_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -234,12 +234,21 @@ def _encode_json(idx: int, value: dict[str, Any] | None) -> tuple[dict[str, Any]
     try:
         # Dump strictly now, so a value that the database would reject or change (NaN, a
         # set, a datetime) fails here, before anything is written.
-        size = len(json.dumps(value, allow_nan=False))
+        dumped = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         msg = f"return_val[{idx}] holds a value that is not JSON: {exc}"
         raise TypeError(msg) from exc
+    if not NEEDS_ESCAPE_IN_JSON.search(dumped) and json.loads(dumped) == value:
+        # Nothing to escape (no NUL, marker or surrogate), and plain JSON already (no
+        # tuples or non-string keys that the walk would convert or refuse): as it is.
+        return value, len(dumped)
     encoded: dict[str, Any] = escape_json(value)
-    return encoded, size
+    return encoded, len(dumped)
+
+
+# What json.dumps (ASCII escapes) writes for a NUL, the escape marker and any surrogate
+# (lone, or half of a pair encoding a character beyond the BMP, such as an emoji).
+NEEDS_ESCAPE_IN_JSON = re.compile(r"\\u(?:0000|fdd0|d[89a-f])")
 
 
 def encode_entry(
