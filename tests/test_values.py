@@ -265,7 +265,7 @@ def test_a_shorter_write_racing_a_longer_one_reads_whole(backend: Backend) -> No
     assert cache._engines is not None
     query = driver_query("replace_value", cache._engines.reader.dialect, None)
     entry_row, generation_rows = cache._encode("p", LLM, longer)
-    values = {**entry_row, "generation_rows": generation_rows, "kept_generations": 4}
+    values = {**entry_row, "generation_rows": generation_rows}
     holder = cache._engines.writer.raw_connection()
     try:
         cursor = holder.cursor()

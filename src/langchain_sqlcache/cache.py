@@ -258,9 +258,7 @@ class SQLCache(BaseCache):
         """
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
-            self._run(
-                functools.partial(store_value, entry_row=entry_row, generation_rows=generation_rows)
-            )
+            self._run(store_value, entry_row, generation_rows)
             if self._prune_due():
                 self._write(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
@@ -270,9 +268,7 @@ class SQLCache(BaseCache):
         """Async :meth:`update`, on the async engine."""
         entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
-            await self._arun(
-                functools.partial(store_value, entry_row=entry_row, generation_rows=generation_rows)
-            )
+            await self._arun(store_value, entry_row, generation_rows)
             if self._prune_due():
                 await self._awrite(prune_step, *self._prune_arguments())
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out

@@ -330,13 +330,12 @@ def _configure(engine: Engine) -> None:
     def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         _ping_if_idle(dialect, dbapi_connection, record)
 
-    if engine.dialect.name != "sqlite":  # a file's connections do not go stale
-        event.listen(engine, "checkin", _note_return)
-        event.listen(engine, "checkout", ping_if_idle)
-    if engine.dialect.name == "sqlite":
+    if engine.dialect.name == "sqlite":  # a file's connections never go stale or read-only
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin_immediate)
-    if engine.dialect.name != "sqlite":
+    else:
+        event.listen(engine, "checkin", _note_return)
+        event.listen(engine, "checkout", ping_if_idle)
         event.listen(engine, "handle_error", _read_only_is_a_disconnect)
 
 

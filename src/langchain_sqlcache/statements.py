@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from typing import cast as cast_type
 
+import aiosqlite
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
@@ -42,10 +43,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import await_
 
 from langchain_sqlcache.codec import utf8_size
 from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
@@ -240,7 +243,7 @@ def _replace_value() -> Delete:
             index_elements=[entry.c.key_hash],
             set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
         )
-        .returning(entry.c.id)
+        .returning(entry.c.id, entry.c.generation_count)
         .cte("upserted")
     )
     incoming = (
@@ -262,7 +265,7 @@ def _replace_value() -> Delete:
         delete(generation)
         .where(
             generation.c.entry_id == upserted.c.id,
-            generation.c.idx >= bindparam("kept_generations", type_=Integer),
+            generation.c.idx >= upserted.c.generation_count,
         )
         .add_cte(upserted)
         .add_cte(written)
@@ -478,18 +481,26 @@ def run_on_reader(
         ) from exc
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
-    cursor = None
+    cursor: DBAPICursor | None = None
+    rows: list[tuple[Any, ...]]
     try:
         if before is not None:
             before(connection)
         if mode == "switch":
             dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-        cursor = connection.cursor()
-        cursor.execute(query.sql, parameters)
-        rows = cast_type(list[tuple[Any, ...]], cursor.fetchall() if cursor.description else [])
-        for _ in range(query.results - 1):  # an error in a later statement surfaces here
-            cursor.nextset()
-        cursor.close()
+        driver = connection.driver_connection
+        if isinstance(driver, aiosqlite.Connection):
+            # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes
+            # four hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
+            fetched = driver.execute_fetchall(query.sql, parameters)
+            rows = list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
+        else:
+            cursor = connection.cursor()
+            cursor.execute(query.sql, parameters)
+            rows = list(cursor.fetchall()) if cursor.description else []
+            for _ in range(query.results - 1):  # an error in a later statement surfaces here
+                cursor.nextset()
+            cursor.close()
         if mode == "switch":
             dialect.reset_isolation_level(dbapi_connection)
         elif mode == "transaction":
@@ -549,10 +560,10 @@ def store_value(
     dialect = engines.writer.dialect
     one_packet = dialect.name in ("mysql", "mariadb") and engines.multi_statements
     if generation_rows and (dialect.name == "postgresql" or one_packet):
-        query = driver_query(
-            "replace_value", engines.reader.dialect, engines.schema, len(generation_rows)
-        )
-        values = {**entry_row, "kept_generations": len(generation_rows)}
+        # MySQL's multi-row INSERT is compiled per number of generations; Postgres' is one.
+        rows = len(generation_rows) if one_packet else 0
+        query = driver_query("replace_value", engines.reader.dialect, engines.schema, rows)
+        values = dict(entry_row)
         if one_packet:
             for i, row in enumerate(generation_rows):
                 values.update({f"{name}_{i}": value for name, value in row.items()})
