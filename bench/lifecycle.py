@@ -1,6 +1,6 @@
-"""What record_hits costs a hit, and what stats() costs at a million entries.
+"""What record_hits costs a hit, stats() at a million entries, and its index an update.
 
-Run: .venv/bin/python bench/lifecycle.py [--entries 1000000] [--lookups 3000]
+Run: .venv/bin/python bench/lifecycle.py [--entries 1000000] [--lookups 20000]
 Backends: SQLite (a temporary file), and Postgres and MariaDB/MySQL at
 $SQLCACHE_TEST_POSTGRES_URL / $SQLCACHE_TEST_MYSQL_URL (the local servers by default).
 Prints a Markdown table; docs/lifecycle.md carries its latest output.
@@ -125,6 +125,62 @@ def stats_cost(name: str, url: str, entries: int) -> tuple[float, float]:
     return fill, median
 
 
+STATS_INDEX = "ix_llm_cache_entry_stats"
+STATS_COLUMNS = "namespace, llm_model, expires_at, generation_count, size_bytes, hit_count"
+SCRATCH = "sqlcache_bench_lifecycle"
+
+
+def index_write_cost(name: str, url: str, rounds: int = 3, updates: int = 400) -> list[str]:
+    """Update p50 without and with the stats index, alternating, in a scratch database.
+
+    The index is dropped and created between rounds, so both sides see the same table, the
+    same server state and the same noise.
+    """
+    scratch, admin = url, None
+    if name != "sqlite":
+        admin = create_engine(driver_urls(make_url(url))[0], isolation_level="AUTOCOMMIT")
+        force = " WITH (FORCE)" if name == "postgresql" else ""
+        charset = " CHARACTER SET utf8mb4" if name == "mysql" else ""
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {SCRATCH}{force}"))
+            connection.execute(text(f"CREATE DATABASE {SCRATCH}{charset}"))
+        scratch = make_url(url).set(database=SCRATCH).render_as_string(hide_password=False)
+    cache = SQLCache(scratch, namespace="bench-index", prune_every=None)
+    value = [Generation(text="a cached answer " * 20)]
+    for i in range(2000):
+        cache.update(f"seed {i}", LLM, value)
+    engine = create_engine(driver_urls(make_url(scratch))[0])
+    drop = f"DROP INDEX {STATS_INDEX}" + (" ON llm_cache_entry" if name == "mysql" else "")
+    lines = []
+    try:
+        for round_ in range(rounds):
+            p50 = {}
+            for indexed in (False, True):
+                with engine.begin() as connection:
+                    connection.execute(
+                        text(f"CREATE INDEX {STATS_INDEX} ON llm_cache_entry ({STATS_COLUMNS})")
+                        if indexed
+                        else text(drop)
+                    )
+                samples = [
+                    timed(lambda: cache.update(f"r{round_} {indexed} {i}", LLM, value), 1)[0]  # noqa: B023
+                    for i in range(updates)
+                ]
+                p50[indexed] = statistics.median(samples)
+            lines.append(
+                f"| {name} | {round_ + 1} | {p50[False] * 1e6:.0f} µs | {p50[True] * 1e6:.0f} µs "
+                f"| {p50[True] / p50[False]:.2f}x |"
+            )
+    finally:
+        cache.close()
+        engine.dispose()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(text(f"DROP DATABASE {SCRATCH}{force}"))
+            admin.dispose()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
@@ -143,6 +199,13 @@ def main() -> None:
         print(f"| {name} | {off_p50 * 1e3:.3f} ms | {on_p50 * 1e3:.3f} ms | "
               f"{on_p50 / off_p50:.2f}x | {on_mean / off_mean:.2f}x | "
               f"{stats_median * 1e3:.0f} ms |", flush=True)  # fmt: skip
+    print("\nWhat the stats index costs an update (p50 of 400 new keys; the index dropped and"
+          " created between rounds):\n")  # fmt: skip
+    print("| backend | round | without the index | with it | with/without |")
+    print("|---|---|---|---|---|")
+    for name, url in backends().items():
+        for line in index_write_cost(name, url):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

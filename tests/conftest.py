@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from langchain_sqlcache import SQLCache
+from langchain_sqlcache import SQLCache, migrations
 from langchain_sqlcache.engines import driver_urls
 
 
@@ -118,6 +118,10 @@ def backend(
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and {message}")
         pytest.skip(message)
+    # As a deploy pipeline does before the application starts: a server that earlier runs
+    # left at an older revision is brought to this checkout's head (the cache itself never
+    # alters a schema at runtime).
+    migrations.upgrade(url)
     return Backend(name, url)
 
 

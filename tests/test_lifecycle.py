@@ -16,6 +16,7 @@ from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.codec import entry_key, model_of
 from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
 from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.statements import driver_query
 from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.helpers import get, put, wipe
 from tests.test_engines import StatementLog
@@ -512,3 +513,39 @@ async def test_stats_by_model(
     await wipe(cache, family)
     empty = cache.stats()
     assert (empty.entries, empty.bytes, empty.models) == (0, 0, {})
+
+
+async def test_stats_reads_only_its_covering_index(
+    backend: Backend, make_cache: Callable[..., SQLCache]
+) -> None:
+    """stats() is answered from ix_llm_cache_entry_stats alone, never from the table's rows.
+
+    At a million entries that is the difference between reading the prompts and reading a
+    narrow index (docs/lifecycle.md). Postgres is told not to scan the table, so that a
+    small test table shows whether the index covers the query, not which plan is cheaper.
+    """
+    cache = make_cache()
+    cache.update("p", LLM, VALUE)
+    engine = cache._ready_engines().writer
+    query = driver_query("stats_by_model", engine.dialect, None)
+    values = {"namespace": cache.namespace, "now": datetime.now(timezone.utc)}
+    explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        if backend.name == "postgresql":
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("SET enable_bitmapscan = off")
+        cursor.execute(explain + query.sql, query.parameters(values))
+        plan = " ".join(str(row) for row in cursor.fetchall())
+        cursor.close()
+        connection.rollback()
+    finally:
+        connection.invalidate()  # its session settings go with it
+    assert "ix_llm_cache_entry_stats" in plan, plan
+    covering = {
+        "sqlite": "COVERING INDEX",
+        "postgresql": "Index Only Scan",
+        "mysql": "Using index",
+    }[backend.name]
+    assert covering in plan, plan

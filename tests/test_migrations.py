@@ -589,9 +589,9 @@ def write_at_0002(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         engine.dispose()
 
 
-def write_at_0003(url: str, namespace: str, prompt: str, llm_string: str) -> None:
-    # 0003 is the head: the cache itself writes its shape. Freeze this writer (as 0001's and
-    # 0002's are) when a later revision lands.
+def write_at_0004(url: str, namespace: str, prompt: str, llm_string: str) -> None:
+    # 0004 is the head: the cache itself writes its shape. Freeze this writer (as the earlier
+    # ones are) when a later revision lands.
     cache = SQLCache(url, namespace=namespace, create_tables=False)
     try:
         cache.update(prompt, llm_string, SURVIVOR)
@@ -599,7 +599,12 @@ def write_at_0003(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         cache.close()
 
 
-WRITERS = {"0001": write_at_0001, "0002": write_at_0002, "0003": write_at_0003}
+WRITERS = {
+    "0001": write_at_0001,
+    "0002": write_at_0002,
+    "0003": write_at_0002,  # 0003 changed only the view: the tables are 0002's
+    "0004": write_at_0004,
+}
 OLD_LLM = "[('model', 'old-model'), ('temperature', 0.0)]"
 
 

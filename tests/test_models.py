@@ -35,6 +35,7 @@ def test_constraints_are_named_by_the_convention() -> None:
         "ix_llm_cache_entry_namespace_id",
         "ix_llm_cache_entry_namespace_expires_at",
         "ix_llm_cache_entry_namespace_updated_at",
+        "ix_llm_cache_entry_stats",
         "pk_llm_cache_generation",
         "fk_llm_cache_generation_entry_id_llm_cache_entry",
     }

@@ -117,6 +117,17 @@ class CacheEntry(Base):
         Index("ix_llm_cache_entry_namespace_id", "namespace", "id"),
         Index("ix_llm_cache_entry_namespace_expires_at", "namespace", "expires_at"),
         Index("ix_llm_cache_entry_namespace_updated_at", "namespace", "updated_at"),
+        # Covers stats(), which sums a namespace's entries by model: the index alone is read,
+        # not the table with its prompts (revision 0004).
+        Index(
+            "ix_llm_cache_entry_stats",
+            "namespace",
+            "llm_model",
+            "expires_at",
+            "generation_count",
+            "size_bytes",
+            "hit_count",
+        ),
         {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"},
     )
 

@@ -357,9 +357,12 @@ class DriverQuery:
     processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     results: int = 1
     """How many results the server sends back (one per statement)."""
+    constants: tuple[tuple[str, Any], ...] = ()
+    """The statements' own bound values (a literal such as coalesce(..., 0))."""
 
     def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """The DBAPI parameters for ``values``."""
+        values.update(self.constants)
         for name, process in self.processors:
             values[name] = process(values[name])
         if self.positions is None:
@@ -371,10 +374,10 @@ class DriverQuery:
 def driver_query(
     name: str, dialect: Dialect, schema: str | None, generations: int = 0
 ) -> DriverQuery:
-    """Compile the statements of ``name`` for a dialect and schema.
+    """Compile the statements of ``name`` (a :class:`Statements` field) for a dialect and schema.
 
-    ``name`` is ``lookup`` or ``replace_value``; MySQL's replace_value depends on the
-    number of generations it writes (one multi-row INSERT).
+    MySQL's ``replace_value`` depends on the number of generations it writes (one multi-row
+    INSERT).
     """
     statements = _driver_statements(name, dialect.name, generations)
     translate: dict[str, Any] = {
@@ -384,6 +387,7 @@ def driver_query(
     sql: list[str] = []
     positions: list[str] = []
     processors: dict[str, Callable[[Any], Any]] = {}
+    constants: dict[str, Any] = {}
     for statement in statements:
         compiled = cast_type(
             SQLCompiler, statement.compile(dialect=dialect, **(translate if schema else {}))
@@ -394,11 +398,14 @@ def driver_query(
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors[bind_name] = process
+            if not bind.required:
+                constants[bind_name] = bind.effective_value
     return DriverQuery(
         ";\n".join(sql),
         tuple(positions) if positions else None,
         tuple(processors.items()),
         results=len(statements),
+        constants=tuple(constants.items()),
     )
 
 
