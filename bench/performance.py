@@ -77,7 +77,7 @@ from langchain_sqlcache.codec import decode_generations, encode_entry
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import CacheUnavailableError, is_transient
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.statements import DriverQuery, driver_query, lookup_rows
+from langchain_sqlcache.statements import DriverQuery, driver_query, fetch_on, lookup_rows
 from langchain_sqlcache.transfer import count, export_records, to_line
 
 # The round-trip counter the tests use (tests/wire.py), from the repository's root.
@@ -1016,11 +1016,7 @@ ALOOKUP, AREAD, AUNSHIELDED, AHELD, AFLOOR = (
 
 def _held_lookup(connection: Any, query: DriverQuery, key_hash: str, now: datetime) -> list[Any]:
     """The lookup statement on a checked-out DBAPI connection, as run_on_reader runs it."""
-    cursor = connection.cursor()
-    cursor.execute(query.sql, query.parameters({"key_hash": key_hash, "now": now}))
-    rows = cursor.fetchall()
-    cursor.close()
-    return list(rows)
+    return fetch_on(connection, query, query.parameters({"key_hash": key_hash, "now": now}))
 
 
 def components(backend: Backend, plan: Plan, result: BackendResult) -> None:

@@ -43,7 +43,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
@@ -488,33 +487,19 @@ def run_on_reader(
         ) from exc
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
-    cursor: DBAPICursor | None = None
-    rows: list[tuple[Any, ...]]
     try:
         if before is not None:
             before(connection)
         if mode == "switch":
             dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-        driver = connection.driver_connection
-        if isinstance(driver, aiosqlite.Connection):
-            # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes
-            # four hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
-            fetched = driver.execute_fetchall(query.sql, parameters)
-            rows = list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
-        else:
-            cursor = connection.cursor()
-            cursor.execute(query.sql, parameters)
-            rows = list(cursor.fetchall()) if cursor.description else []
-            for _ in range(query.results - 1):  # an error in a later statement surfaces here
-                cursor.nextset()
-            cursor.close()
+        rows = fetch_on(connection, query, parameters)
         if mode == "switch":
             dialect.reset_isolation_level(dbapi_connection)
         elif mode == "transaction":
             connection.commit()
         return rows
     except dialect.loaded_dbapi.Error as exc:
-        gone = dialect.is_disconnect(exc, dbapi_connection, cursor) or turned_read_only(exc)
+        gone = dialect.is_disconnect(exc, dbapi_connection, None) or turned_read_only(exc)
         if gone:
             connection.invalidate(exc)
         else:
@@ -529,6 +514,25 @@ def run_on_reader(
         ) from exc
     finally:
         connection.close()
+
+
+def fetch_on(
+    connection: PoolProxiedConnection, query: DriverQuery, parameters: Any
+) -> list[tuple[Any, ...]]:
+    """Run ``query`` on a checked-out connection; return the rows of its first statement."""
+    driver = connection.driver_connection
+    if isinstance(driver, aiosqlite.Connection):
+        # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
+        # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
+        fetched = driver.execute_fetchall(query.sql, parameters)
+        return list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
+    cursor = connection.cursor()
+    cursor.execute(query.sql, parameters)
+    rows = list(cursor.fetchall()) if cursor.description else []
+    for _ in range(query.results - 1):  # an error in a later statement surfaces here
+        cursor.nextset()
+    cursor.close()
+    return rows
 
 
 def _roll_back(connection: PoolProxiedConnection, exc: BaseException, mode: ReaderMode) -> None:
