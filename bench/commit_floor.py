@@ -5,23 +5,23 @@ Backends: SQLite (a temporary file), and Postgres and MariaDB/MySQL at
 $SQLCACHE_TEST_POSTGRES_URL / $SQLCACHE_TEST_MYSQL_URL (the local servers by default).
 Prints a Markdown table; docs/benchmarks.md quotes it where it explains the update ratios.
 
-Every update ends with a commit, and a commit waits for the log to reach the disk; this
-measures that wait with the least a cache could write (a 600-byte row, one index), so the
-update column of docs/benchmarks.md can be read against it.
+Every update ends with a commit, and on a server a commit waits for its log to be flushed;
+this measures that with the least a cache could write (a 600-byte row, one index), so that
+the update column of docs/benchmarks.md can be read against it. Run it on a quiet machine:
+other work's disk flushes land in these numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from langchain_core.outputs import Generation
+from lifecycle import backends  # the same three backends as bench/lifecycle.py
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -37,17 +37,6 @@ UPSERT = {
     "sqlite": f"INSERT INTO {PROBE_TABLE} VALUES (:k, :v)"
     " ON CONFLICT (k) DO UPDATE SET v = excluded.v",
 }
-
-
-def backends() -> dict[str, str]:
-    sqlite_file = os.path.join(tempfile.mkdtemp(), "bench.db")
-    return {
-        "sqlite": f"sqlite:///{sqlite_file}",
-        "postgresql": os.environ.get(
-            "SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        "mysql": os.environ.get("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-    }
 
 
 def p50_us(call: Callable[[int], object], repeat: int) -> float:
