@@ -17,6 +17,7 @@ from langchain_core.outputs import ChatGeneration
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.hits import HitBuffer
+from langchain_sqlcache.statements import SQLITE_ROWS_PER_INSERT
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 from tests.wire import SQLiteTrace, WireTap
@@ -130,14 +131,18 @@ async def test_an_update_is_one_immediate_transaction_on_sqlite(
 ) -> None:
     cache, meter = metered
     await put(cache, family, "warm", LLM, answer(1))
-    for generations in (1, 4):
+    many = SQLITE_ROWS_PER_INSERT + 1
+    for generations in (1, 4, 16, many):
         meter.reset()
         await put(cache, family, "warm", LLM, answer(generations))
         statements = meter.seen()
         verbs = [statement.split(None, 1)[0].upper() for statement in statements]
         # The write lock first (a writer waits out the busy timeout rather than fail when
         # another holds it), then an upsert (never a SELECT first), the old generations
-        # deleted, the new ones inserted (sqlite3 runs an executemany row by row).
-        assert verbs == ["BEGIN", "INSERT", "DELETE", *["INSERT"] * generations, "COMMIT"]
+        # deleted, the new ones inserted: in one multi-row INSERT, or past its limit through
+        # a Connection's executemany, which sqlite3 runs row by row.
+        inserts = 1 if generations < many else generations
+        assert verbs == ["BEGIN", "INSERT", "DELETE", *["INSERT"] * inserts, "COMMIT"]
         assert statements[0] == "BEGIN IMMEDIATE"
         assert "ON CONFLICT (key_hash) DO UPDATE" in statements[1]
+        assert await get(cache, family, "warm", LLM) == answer(generations)

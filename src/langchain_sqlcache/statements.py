@@ -358,6 +358,9 @@ class DriverQuery:
     """How many results the server sends back (one per statement)."""
     constants: tuple[tuple[str, Any], ...] = ()
     """The statements' own bound values (a literal such as coalesce(..., 0))."""
+    one_by_one: tuple[tuple[str, int], ...] = ()
+    """Each statement and its number of parameters, for a driver that takes one statement
+    per call (SQLite); empty when ``sql`` is sent whole."""
 
     def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """The DBAPI parameters for ``values``."""
@@ -375,8 +378,8 @@ def driver_query(
 ) -> DriverQuery:
     """Compile the statements of ``name`` (a :class:`Statements` field) for a dialect and schema.
 
-    MySQL's ``replace_value`` depends on the number of generations it writes (one multi-row
-    INSERT).
+    MySQL's and SQLite's ``replace_value`` depend on the number of generations they write
+    (one multi-row INSERT).
     """
     statements = _driver_statements(name, dialect.name, generations)
     translate: dict[str, Any] = {
@@ -385,6 +388,7 @@ def driver_query(
     }
     sql: list[str] = []
     positions: list[str] = []
+    counts: list[int] = []
     processors: dict[str, Callable[[Any], Any]] = {}
     constants: dict[str, Any] = {}
     for statement in statements:
@@ -393,6 +397,7 @@ def driver_query(
         )
         sql.append(compiled.string)
         positions += compiled.positiontup or []
+        counts.append(len(compiled.positiontup or []))
         for bind_name, bind in compiled.binds.items():
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
@@ -405,12 +410,20 @@ def driver_query(
         tuple(processors.items()),
         results=len(statements),
         constants=tuple(constants.items()),
+        # sqlite3 and aiosqlite take one statement per call.
+        one_by_one=(
+            tuple(zip(sql, counts, strict=True))
+            if dialect.name == "sqlite" and len(sql) > 1
+            else ()
+        ),
     )
 
 
 def _driver_statements(name: str, dialect_name: str, generations: int) -> tuple[ClauseElement, ...]:
     if name == "replace_value" and dialect_name in ("mysql", "mariadb"):
         return _mysql_replace_value(generations)
+    if name == "replace_value" and dialect_name == "sqlite":
+        return _sqlite_replace_value(generations)
     statement = getattr(statements_for(dialect_name), name)
     if statement is None:
         msg = f"{dialect_name} has no {name} statement"
@@ -437,19 +450,51 @@ def _mysql_replace_value(generations: int) -> tuple[ClauseElement, ...]:
             **{name: upsert.inserted[name] for name in REWRITTEN_ON_UPDATE},
         ),
         delete(generation).where(generation.c.entry_id == func.last_insert_id()),
-        insert(generation).values(
-            [
-                {
-                    "entry_id": func.last_insert_id(),
-                    **{
-                        name: bindparam(f"{name}_{i}", type_=generation.c[name].type)
-                        for name in ("idx", *GENERATION_VALUE_COLUMNS)
-                    },
-                }
-                for i in range(generations)
-            ]
-        ),
+        _insert_generations(generations, func.last_insert_id()),
         text("COMMIT"),
+    )
+
+
+def _sqlite_replace_value(generations: int) -> tuple[ClauseElement, ...]:
+    """SQLite: an update's transaction as statements for the driver's cursor, one by one.
+
+    In-process, so the point is not round trips but SQLAlchemy's execution path, which
+    costs each statement more than SQLite takes to run it. The entry's id is found by its
+    key inside the statements, so no statement waits for another's result.
+    """
+    upsert = sqlite.insert(entry).values(_entry_binds())
+    entry_id_of_key = (
+        select(entry.c.id)
+        .where(entry.c.key_hash == bindparam("key_hash", type_=entry.c.key_hash.type))
+        .scalar_subquery()
+    )
+    return (
+        # Take the write lock first: a deferred transaction cannot wait for it (see
+        # engines._begin_immediate).
+        text("BEGIN IMMEDIATE"),
+        upsert.on_conflict_do_update(
+            index_elements=[entry.c.key_hash],
+            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
+        ),
+        delete(generation).where(generation.c.entry_id == entry_id_of_key),
+        _insert_generations(generations, entry_id_of_key),
+        text("COMMIT"),
+    )
+
+
+def _insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert:
+    """One multi-row INSERT of ``generations`` rows (binds ``idx_0``, ``text_0``, ...)."""
+    return insert(generation).values(
+        [
+            {
+                "entry_id": entry_id,
+                **{
+                    name: bindparam(f"{name}_{i}", type_=generation.c[name].type)
+                    for name in ("idx", *GENERATION_VALUE_COLUMNS)
+                },
+            }
+            for i in range(generations)
+        ]
     )
 
 
@@ -520,17 +565,39 @@ def fetch_on(
     connection: PoolProxiedConnection, query: DriverQuery, parameters: Any
 ) -> list[tuple[Any, ...]]:
     """Run ``query`` on a checked-out connection; return the rows of its first statement."""
-    driver = connection.driver_connection
-    if isinstance(driver, aiosqlite.Connection):
-        # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
-        # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
-        fetched = driver.execute_fetchall(query.sql, parameters)
-        return list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
+    if query.one_by_one:
+        first: list[tuple[Any, ...]] | None = None
+        start = 0
+        for sql, count in query.one_by_one:
+            rows = _fetch_one(connection, sql, parameters[start : start + count])
+            first = rows if first is None else first
+            start += count
+        return first or []
+    if query.results == 1:
+        return _fetch_one(connection, query.sql, parameters)
+    # Several statements in one packet (MySQL's multi-statements), one result each.
     cursor = connection.cursor()
     cursor.execute(query.sql, parameters)
     rows = list(cursor.fetchall()) if cursor.description else []
     for _ in range(query.results - 1):  # an error in a later statement surfaces here
         cursor.nextset()
+    cursor.close()
+    return rows
+
+
+def _fetch_one(
+    connection: PoolProxiedConnection, sql: str, parameters: Any
+) -> list[tuple[Any, ...]]:
+    """Run one statement; return its rows."""
+    driver = connection.driver_connection
+    if isinstance(driver, aiosqlite.Connection):
+        # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
+        # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
+        fetched = driver.execute_fetchall(sql, parameters)
+        return list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
+    cursor = connection.cursor()
+    cursor.execute(sql, parameters)
+    rows = list(cursor.fetchall()) if cursor.description else []
     cursor.close()
     return rows
 
@@ -564,18 +631,24 @@ def store_value(
     """Replace an entry's whole value in one round trip where the backend allows it.
 
     Postgres: one statement in autocommit. MySQL, on the cache's own engines: one packet of
-    statements, a transaction from START TRANSACTION to COMMIT. Elsewhere (SQLite, which is
-    in-process anyway, and an application's MySQL engine), a transaction of three statements.
-    An empty value deletes the entry.
+    statements, a transaction from START TRANSACTION to COMMIT. SQLite: the same transaction
+    from BEGIN IMMEDIATE to COMMIT, a statement per call (in-process). An application's
+    MySQL engine (no multi-statements): a transaction of three statements through a
+    Connection. An empty value deletes the entry.
     """
     dialect = engines.writer.dialect
     one_packet = dialect.name in ("mysql", "mariadb") and engines.multi_statements
-    if generation_rows and (dialect.name == "postgresql" or one_packet):
-        # MySQL's multi-row INSERT is compiled per number of generations; Postgres' is one.
-        rows = len(generation_rows) if one_packet else 0
+    # A value of more generations goes through a Connection: SQLite caps the parameters of
+    # a statement (999 before 3.32), and each count compiles a statement of its own.
+    one_by_one = dialect.name == "sqlite" and len(generation_rows) <= SQLITE_ROWS_PER_INSERT
+    if generation_rows and (dialect.name == "postgresql" or one_packet or one_by_one):
+        # MySQL's and SQLite's multi-row INSERT is compiled per number of generations;
+        # Postgres' takes them all as one jsonb parameter.
+        by_position = one_packet or one_by_one
+        rows = len(generation_rows) if by_position else 0
         query = driver_query("replace_value", engines.reader.dialect, engines.schema, rows)
         values = dict(entry_row)
-        if one_packet:
+        if by_position:
             for i, row in enumerate(generation_rows):
                 values.update({f"{name}_{i}": value for name, value in row.items()})
         else:
@@ -614,6 +687,8 @@ def write_value(
     )
 
 
+# The most generations an SQLite update writes in one multi-row INSERT (7 parameters each).
+SQLITE_ROWS_PER_INSERT = 64
 # Bytes a MySQL statement adds around its values, with room to spare.
 PACKET_OVERHEAD = 4096
 # Characters PyMySQL and aiomysql escape with a backslash when they inline a string.
