@@ -236,12 +236,9 @@ def _replace_value() -> Delete:
     positions, so the value read is always exactly this statement's; the next update of the
     key, or its deletion, removes them.
     """
-    upsert = postgresql.insert(entry).values(_entry_binds())
     upserted = (
-        upsert.on_conflict_do_update(
-            index_elements=[entry.c.key_hash],
-            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-        )
+        _upsert_entry("postgresql", returning=False)
+        .values(_entry_binds())
         .returning(entry.c.id, entry.c.generation_count)
         .cte("upserted")
     )
@@ -438,17 +435,12 @@ def _mysql_replace_value(generations: int) -> tuple[ClauseElement, ...]:
     to the next statements as LAST_INSERT_ID(), on the server, so the client waits for
     nothing between them.
     """
-    upsert = mysql.insert(entry).values(_entry_binds())
     return (
         # This connection is in autocommit, at the server's default isolation: REPEATABLE
         # READ's gap locks on the deleted generations deadlock writers of nearby keys.
         text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
         text("START TRANSACTION"),
-        upsert.on_duplicate_key_update(
-            # LAST_INSERT_ID(id) makes LAST_INSERT_ID() the existing row's id.
-            id=func.last_insert_id(entry.c.id),
-            **{name: upsert.inserted[name] for name in REWRITTEN_ON_UPDATE},
-        ),
+        _upsert_entry("mysql").values(_entry_binds()),
         delete(generation).where(generation.c.entry_id == func.last_insert_id()),
         _insert_generations(generations, func.last_insert_id()),
         text("COMMIT"),
@@ -462,7 +454,6 @@ def _sqlite_replace_value(generations: int) -> tuple[ClauseElement, ...]:
     costs each statement more than SQLite takes to run it. The entry's id is found by its
     key inside the statements, so no statement waits for another's result.
     """
-    upsert = sqlite.insert(entry).values(_entry_binds())
     entry_id_of_key = (
         select(entry.c.id)
         .where(entry.c.key_hash == bindparam("key_hash", type_=entry.c.key_hash.type))
@@ -472,10 +463,7 @@ def _sqlite_replace_value(generations: int) -> tuple[ClauseElement, ...]:
         # Take the write lock first: a deferred transaction cannot wait for it (see
         # engines._begin_immediate).
         text("BEGIN IMMEDIATE"),
-        upsert.on_conflict_do_update(
-            index_elements=[entry.c.key_hash],
-            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-        ),
+        _upsert_entry("sqlite", returning=False).values(_entry_binds()),
         delete(generation).where(generation.c.entry_id == entry_id_of_key),
         _insert_generations(generations, entry_id_of_key),
         text("COMMIT"),
