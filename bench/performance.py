@@ -70,13 +70,13 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.util import greenlet_spawn
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import decode_generations, encode_entry
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import CacheUnavailableError, is_transient
 from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
 from langchain_sqlcache.statements import DriverQuery, driver_query, fetch_on, lookup_rows
 from langchain_sqlcache.transfer import count, export_records, to_line
 

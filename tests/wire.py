@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.util import await_
+
+from langchain_sqlcache.sqlalchemy_internals import await_only
 
 
 class WireTap:
@@ -142,7 +143,7 @@ class SQLiteTrace:
         if inspect.iscoroutinefunction(driver.set_trace_callback):
             # aiosqlite sets it on its worker thread; connect events run in SQLAlchemy's
             # greenlet, where await_ hands the coroutine to the event loop.
-            await_(driver.set_trace_callback(self.statements.append))
+            await_only(driver.set_trace_callback(self.statements.append))
         else:
             driver.set_trace_callback(self.statements.append)
 

@@ -19,7 +19,6 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.util import greenlet_spawn
 
 from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
@@ -35,6 +34,7 @@ from langchain_sqlcache.errors import (
 from langchain_sqlcache.hits import FailureLog, HitBuffer
 from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
+from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
 from langchain_sqlcache.statements import (
     clear_batch,
     delete_expired_batch,

@@ -73,7 +73,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (sa_exc.TimeoutError, ConnectionError, TimeoutError)):
         return True
     if not isinstance(exc, sa_exc.DBAPIError):
-        return isinstance(exc, OSError)
+        # A driver's own error that SQLAlchemy did not wrap: asyncpg's, raised while
+        # connecting, before SQLAlchemy 2.0.50 (CannotConnectNowError, 57P03, while a
+        # server shuts down or starts up). It carries its SQLSTATE all the same.
+        return isinstance(exc, OSError) or _transient_sqlstate(exc)
     if exc.connection_invalidated:
         return True
     orig = exc.orig

@@ -46,13 +46,12 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.util import await_
 
 from langchain_sqlcache.codec import utf8_size
 from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
 from langchain_sqlcache.errors import ValueTooLargeError
 from langchain_sqlcache.models import entry_table, generation_table
+from langchain_sqlcache.sqlalchemy_internals import await_only, compile_for_driver
 
 entry = entry_table
 generation = generation_table
@@ -379,28 +378,18 @@ def driver_query(
     (one multi-row INSERT).
     """
     statements = _driver_statements(name, dialect.name, generations)
-    translate: dict[str, Any] = {
-        "schema_translate_map": {None: schema},
-        "render_schema_translate": True,
-    }
     sql: list[str] = []
     positions: list[str] = []
     counts: list[int] = []
     processors: dict[str, Callable[[Any], Any]] = {}
     constants: dict[str, Any] = {}
     for statement in statements:
-        compiled = cast_type(
-            SQLCompiler, statement.compile(dialect=dialect, **(translate if schema else {}))
-        )
-        sql.append(compiled.string)
-        positions += compiled.positiontup or []
-        counts.append(len(compiled.positiontup or []))
-        for bind_name, bind in compiled.binds.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                processors[bind_name] = process
-            if not bind.required:
-                constants[bind_name] = bind.effective_value
+        compiled = compile_for_driver(statement, dialect, schema)
+        sql.append(compiled.sql)
+        positions += compiled.positions
+        counts.append(len(compiled.positions))
+        processors.update(compiled.processors)
+        constants.update(compiled.constants)
     return DriverQuery(
         ";\n".join(sql),
         tuple(positions) if positions else None,
@@ -545,6 +534,16 @@ def run_on_reader(
             connection_invalidated=gone,
             dialect=dialect,
         ) from exc
+    except ValueTooLargeError:
+        raise  # refused before anything was sent: the connection is as it was
+    except Exception as exc:
+        # Not the driver's DBAPI error, so nothing says what state the connection is in:
+        # it is closed, not handed out again, and the operation is retried on another.
+        # (asyncpg's InternalClientError, "cannot switch to state ...; another operation is
+        # in progress", on the first use after a server restart: SQLAlchemy translates it
+        # only from 2.0.50.)
+        connection.invalidate(exc)
+        raise DBAPIError(query.sql, parameters, exc, connection_invalidated=True) from exc
     finally:
         connection.close()
 
@@ -582,7 +581,7 @@ def _fetch_one(
         # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
         # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
         fetched = driver.execute_fetchall(sql, parameters)
-        return list(await_(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
+        return list(await_only(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
     cursor = connection.cursor()
     cursor.execute(sql, parameters)
     rows = list(cursor.fetchall()) if cursor.description else []
