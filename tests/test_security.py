@@ -7,7 +7,6 @@ import hmac
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from langchain_core.outputs import Generation
 from sqlalchemy import event, text
 
@@ -15,7 +14,7 @@ from langchain_sqlcache import SQLCache
 from langchain_sqlcache.cli import EXIT_ERROR, main
 from langchain_sqlcache.codec import KEY_FORMAT_VERSION, entry_key
 from langchain_sqlcache.errors import IdentifierError, ValueTooLargeError
-from tests.conftest import Backend, sync_engine, unique_namespace
+from tests.conftest import Backend, cli_runner, sync_engine, unique_namespace
 
 LLM = "security-llm"
 VALUE = [Generation(text="v")]
@@ -32,7 +31,9 @@ def test_hostile_schema_names_are_refused_and_nothing_is_dropped(
     try:
         with pytest.raises(IdentifierError):
             SQLCache(backend.url, schema=name)
-        result = CliRunner().invoke(main, ["db", "upgrade", "--url", backend.url, "--schema", name])
+        result = cli_runner().invoke(
+            main, ["db", "upgrade", "--url", backend.url, "--schema", name]
+        )
         assert result.exit_code == EXIT_ERROR
         assert "plain SQL name" in result.stderr
         with engine.connect() as connection:

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -75,7 +75,14 @@ def _cache(url: str, namespace: str, schema: str | None, **options: Any) -> SQLC
     )
 
 
-class Age(click.ParamType[timedelta | datetime]):
+if TYPE_CHECKING:
+    # click's ParamType is generic from 8.4; at run time an older one cannot be subscripted.
+    _AgeParamType = click.ParamType[timedelta | datetime]
+else:
+    _AgeParamType = click.ParamType
+
+
+class Age(_AgeParamType):
     """A duration (30d, 12h, 90m, 45s, 2w) or an ISO datetime with a time zone."""
 
     name = "age"
