@@ -32,7 +32,8 @@ from sqlalchemy.exc import DBAPIError
 
 from langchain_sqlcache import SQLCache, SQLCacheError
 from langchain_sqlcache.engines import driver_urls
-from tests.conftest import Backend, unique_namespace
+from tests.conftest import Backend, skip_or_fail, unique_namespace
+from tests.servers import free_port
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
@@ -40,12 +41,6 @@ LLM = "pgbouncer-llm"
 CLIENTS = 8
 OPERATIONS = 40
 PSYCOPG_PREPARE_THRESHOLD = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -65,10 +60,7 @@ def pgbouncer(backend: Backend) -> Iterator[str]:
     """A PgBouncer in transaction mode with two server connections; yields its URL."""
     binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if binary is None:
-        message = "pgbouncer is not installed (apt-get install pgbouncer)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {message}")
-        pytest.skip(message)
+        skip_or_fail("pgbouncer is not installed (apt-get install pgbouncer)")
     # Started as root, pgbouncer drops to the postgres user, which must read its files (and
     # cannot enter pytest's private temporary folders).
     with tempfile.TemporaryDirectory(prefix="sqlcache-pgbouncer-") as name:
