@@ -298,8 +298,11 @@ class StatementLog:
 
 
 def in_autocommit(dbapi_connection: Any) -> bool:
-    if hasattr(dbapi_connection, "get_autocommit"):  # PyMySQL, aiomysql
-        return bool(dbapi_connection.get_autocommit())
+    # SQLAlchemy's async adapters wrap the driver's connection; aiomysql's passes
+    # get_autocommit on only from SQLAlchemy 2.1.
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    if hasattr(driver, "get_autocommit"):  # PyMySQL, aiomysql
+        return bool(driver.get_autocommit())
     if isinstance(getattr(dbapi_connection, "autocommit", None), bool):  # psycopg, asyncpg
         return bool(dbapi_connection.autocommit)
     return dbapi_connection.isolation_level is None  # sqlite3, aiosqlite

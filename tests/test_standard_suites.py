@@ -13,8 +13,8 @@ class TestSyncCacheSuite(SyncCacheTestSuite):
     """sqlite3, psycopg and PyMySQL."""
 
     @pytest.fixture
-    def cache(self, cache: SQLCache) -> BaseCache:
-        return cache
+    def cache(self, sync_cache: SQLCache) -> BaseCache:
+        return sync_cache
 
 
 class TestAsyncCacheSuite(AsyncCacheTestSuite):
