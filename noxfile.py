@@ -31,8 +31,8 @@ os.environ["UV_PYTHON_DOWNLOADS"] = "never"
 def _add_pyenv_pythons_to_path() -> None:
     """Put each pyenv Python's bin folder on PATH, so that nox finds ``python3.10`` and so on."""
     root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
-    versions = sorted(Path(root, "versions").glob("3.*/bin"), reverse=True)
-    os.environ["PATH"] = os.pathsep.join([*map(str, versions), os.environ.get("PATH", "")])
+    found = [path for v in PYTHONS for path in sorted(Path(root, "versions").glob(f"{v}.*/bin"))]
+    os.environ["PATH"] = os.pathsep.join([*map(str, found), os.environ.get("PATH", "")])
 
 
 _add_pyenv_pythons_to_path()

@@ -17,10 +17,9 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from langchain_sqlcache.errors import ConfigurationError
-from langchain_sqlcache.sqlalchemy_internals import autocommit_pool_options
 
 
 class CLIENT:
@@ -232,10 +231,7 @@ def build_pair(
     driver_url = async_url if factory is create_async_engine else sync_url
     defaults = engine_defaults(driver_url, transaction_pooler=transaction_pooler)
     if "poolclass" not in engine_kwargs:
-        # Named rather than left to the dialect: in earlier 2.0 releases (2.0.30 among
-        # them) aiosqlite's default for a file was NullPool, which keeps no connection.
-        poolclass = AsyncAdaptedQueuePool if factory is create_async_engine else QueuePool
-        defaults = {**POOL_DEFAULTS, "poolclass": poolclass, **defaults}
+        defaults = {**POOL_DEFAULTS, **defaults}
     kwargs = with_defaults(defaults, engine_kwargs)
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
@@ -250,7 +246,7 @@ def build_pair(
             reader_kwargs = {
                 **kwargs,
                 "isolation_level": "AUTOCOMMIT",
-                **autocommit_pool_options(),
+                "skip_autocommit_rollback": True,
             }
             multi_statements = writer.dialect.name in ("mysql", "mariadb")
             if multi_statements:

@@ -1,16 +1,17 @@
 """Every SQLAlchemy name the cache uses that is not SQLAlchemy's documented public API.
 
-Covers SQLAlchemy 2.0.30 to 2.1.x (the range pyproject.toml declares; the test matrix runs
-the floor and the newest). Nothing else in the package imports a private SQLAlchemy name, so
-a SQLAlchemy release that moves one of these breaks this module alone, and its tests say so.
+Covers SQLAlchemy 2.0.47 to 2.1.x (the range pyproject.toml declares; the test matrix runs
+the floor, the newest 2.0 and the newest 2.1). Nothing else in the package imports a
+private SQLAlchemy name, so a SQLAlchemy release that moves one of these breaks this module
+alone, and its tests say so.
 
 - The greenlet helpers (``sqlalchemy.util``): the async methods hand a whole operation to
   SQLAlchemy's greenlet once (``greenlet_spawn``), and the aiosqlite fast path awaits the
   driver from inside it (``await_only``; 2.1 also calls it ``await_``, the same function).
 - Compiled statement internals (``SQLCompiler.positiontup``, ``.binds``): the hot paths
   compile each statement once and send it straight to the driver's cursor.
-- Pool behaviour on return for autocommit connections: ``skip_autocommit_rollback`` exists
-  from 2.0.43; before it, ``pool_reset_on_return=None`` does what the lookup pool needs.
+- The translation of a driver's error into SQLAlchemy's (``DBAPIError.instance``, what a
+  ``Connection`` does), for the statements the fast path sends without one.
 """
 
 from __future__ import annotations
@@ -19,24 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import sqlalchemy
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
 
 __all__ = [
-    "SQLALCHEMY_VERSION",
     "CompiledForDriver",
-    "autocommit_pool_options",
+    "as_sqlalchemy_error",
     "await_only",
     "compile_for_driver",
     "greenlet_spawn",
 ]
-
-SQLALCHEMY_VERSION: tuple[int, ...] = tuple(
-    int(part) for part in sqlalchemy.__version__.split(".")[:3] if part.isdigit()
-)
 
 
 @dataclass(frozen=True)
@@ -76,12 +72,20 @@ def compile_for_driver(
     )
 
 
-def autocommit_pool_options() -> dict[str, Any]:
-    """Engine options that return an autocommit connection to its pool without a ROLLBACK.
-
-    A connection in autocommit has no transaction to end; the ROLLBACK that a pool sends on
-    return by default would be a second round trip per lookup on MySQL.
-    """
-    if SQLALCHEMY_VERSION >= (2, 0, 43):
-        return {"skip_autocommit_rollback": True}
-    return {"pool_reset_on_return": None}
+def as_sqlalchemy_error(
+    error: Exception,
+    dialect: Dialect,
+    statement: str | None,
+    parameters: Any,
+    *,
+    invalidated: bool,
+) -> BaseException:
+    """The driver's ``error`` as SQLAlchemy raises it (OperationalError, IntegrityError, ...)."""
+    return DBAPIError.instance(
+        statement,
+        parameters,
+        error,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=invalidated,
+        dialect=dialect,
+    )

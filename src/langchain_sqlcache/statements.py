@@ -51,7 +51,11 @@ from langchain_sqlcache.codec import utf8_size
 from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
 from langchain_sqlcache.errors import ValueTooLargeError
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.sqlalchemy_internals import await_only, compile_for_driver
+from langchain_sqlcache.sqlalchemy_internals import (
+    as_sqlalchemy_error,
+    await_only,
+    compile_for_driver,
+)
 
 entry = entry_table
 generation = generation_table
@@ -499,14 +503,7 @@ def run_on_reader(
         connection = engine.raw_connection()
     except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
         gone = dialect.is_disconnect(exc, None, None)
-        raise DBAPIError.instance(
-            None,
-            None,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=gone,
-            dialect=dialect,
-        ) from exc
+        raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
     try:
@@ -526,14 +523,7 @@ def run_on_reader(
             connection.invalidate(exc)
         else:
             _roll_back(connection, exc, mode)
-        raise DBAPIError.instance(
-            query.sql,
-            parameters,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=gone,
-            dialect=dialect,
-        ) from exc
+        raise as_sqlalchemy_error(exc, dialect, query.sql, parameters, invalidated=gone) from exc
     except ValueTooLargeError:
         raise  # refused before anything was sent: the connection is as it was
     except Exception as exc:
