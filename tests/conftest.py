@@ -58,6 +58,19 @@ BACKEND_PARAMS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the backend it runs on, explicitly parametrized ones too.
+
+    The fixture's own parameters carry the marker; ``parametrize("backend", ["postgresql"],
+    indirect=True)`` does not, and ``-m postgresql`` (the postgres18 session) would miss it.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend") if callspec is not None else None
+        if name in ("sqlite", *SERVER_BACKENDS):
+            item.add_marker(getattr(pytest.mark, name))
+
+
 def _answers(url: str) -> str | None:
     """Return None when the server answers, else why not."""
     engine = create_engine(driver_urls(make_url(url))[0], pool_pre_ping=False)
