@@ -527,15 +527,23 @@ def run_on_reader(
     except ValueTooLargeError:
         raise  # refused before anything was sent: the connection is as it was
     except Exception as exc:
-        # Not the driver's DBAPI error, so nothing says what state the connection is in:
-        # it is closed, not handed out again, and the operation is retried on another.
-        # (asyncpg's InternalClientError, "cannot switch to state ...; another operation is
-        # in progress", on the first use after a server restart: SQLAlchemy translates it
-        # only from 2.0.50.)
+        if not _raised_by_driver(exc, connection):
+            raise  # our own error: not a database failure to retry
+        # The driver's own error, not its DBAPI one, so nothing says what state the
+        # connection is in: it is closed, not handed out again, and the operation is retried
+        # on another. (asyncpg's InternalClientError, "cannot switch to state ...; another
+        # operation is in progress", on the first use after a server restart: SQLAlchemy
+        # translates it only from 2.0.50.)
         connection.invalidate(exc)
         raise DBAPIError(query.sql, parameters, exc, connection_invalidated=True) from exc
     finally:
         connection.close()
+
+
+def _raised_by_driver(exc: BaseException, connection: PoolProxiedConnection) -> bool:
+    """Whether ``exc`` comes from the package of the connection's driver (asyncpg, ...)."""
+    driver_package = type(connection.driver_connection).__module__.split(".")[0]
+    return type(exc).__module__.split(".")[0] == driver_package
 
 
 def fetch_on(
