@@ -27,6 +27,16 @@ class ValueTooLargeError(SQLCacheError, ValueError):
     """A value larger than the server accepts in one statement (MySQL's max_allowed_packet)."""
 
 
+class UnstorableValueError(SQLCacheError):
+    """A model's value holds something the cache cannot store and rebuild exactly.
+
+    An Enum, an arbitrary object, a pydantic model of a class that was not allowed...: under
+    ``on_error="warn"`` the update is a counted no-op with a warning, under ``"raise"`` this
+    error names the value's path and type. (A ``return_val`` that is not a sequence of
+    Generations is a programming error and raises ``TypeError`` instead.)
+    """
+
+
 # A plain SQL name: letters, digits, underscore, dollar; no quotes, spaces or punctuation.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
