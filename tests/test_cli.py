@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, inspect, update
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache, demo, migrations
-from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_SKIPPED, main
+from langchain_sqlcache.cli import EXIT_BEHIND, EXIT_ERROR, EXIT_PARTIAL, EXIT_SKIPPED, main
 from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
@@ -353,7 +353,7 @@ def test_import_reports_and_skips_malformed_lines(empty_db: str, tmp_path: Path)
     dump = tmp_path / "mixed.jsonl"
     dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
     code, _, err = run("import", str(dump), "--url", empty_db)
-    assert code == EXIT_SKIPPED
+    assert code == EXIT_PARTIAL
     for number in (2, 3, 4, 5):
         assert f"line {number}: skipped" in err
     assert "imported 2 entries, skipped 4 lines" in err

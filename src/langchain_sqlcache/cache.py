@@ -154,13 +154,7 @@ class SQLCache(BaseCache):
         transaction_pooler: bool = False,
         **engine_kwargs: Any,
     ) -> None:
-        if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
-            msg = f"namespace must be a string of at most {NAMESPACE_MAX_LENGTH} characters"
-            raise ConfigurationError(msg)
-        if namespace.endswith(" "):
-            # MySQL's collations ignore trailing spaces, so "a " would share entries with "a".
-            msg = f"namespace must not end with a space: {namespace!r}"
-            raise ConfigurationError(msg)
+        namespace = checked_namespace(namespace)
         if url is None and engine is None and async_engine is None:
             url = resolve_url(None)
         if url is None and (engine_kwargs or transaction_pooler):
@@ -690,6 +684,27 @@ def _stats_of(rows: Sequence[Row[Any]], failures: int) -> CacheStats:
         models=models,
         failures=failures,
     )
+
+
+def checked_namespace(namespace: object) -> str:
+    """Return ``namespace`` if the cache can keep it apart from every other; else raise.
+
+    The one set of rules for a namespace, wherever it comes from (the constructor, a line
+    that ``import`` reads).
+
+    Raises:
+        ConfigurationError: Not a string, longer than its column once stored, or ending
+            with a space.
+
+    """
+    if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
+        msg = f"namespace must be a string of at most {NAMESPACE_MAX_LENGTH} characters"
+        raise ConfigurationError(msg)
+    if namespace.endswith(" "):
+        # MySQL's collations ignore trailing spaces, so "a " would share entries with "a".
+        msg = f"namespace must not end with a space: {namespace!r}"
+        raise ConfigurationError(msg)
+    return namespace
 
 
 def _positive(name: str, value: int | None) -> int | None:

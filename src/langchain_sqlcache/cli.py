@@ -1,8 +1,10 @@
 """The ``langchain-sqlcache`` command.
 
-Exit codes: 0 success; 1 ``db check`` found the database behind the package, ``import``
-skipped a malformed line, or ``clear`` was not confirmed; 2 a usage error; 3 a configuration
-or database error (printed as one line, without a traceback).
+Exit codes: 0 success; 1 ``db check`` found the database behind the package, or ``clear``
+was not confirmed; 2 a usage error; 3 a configuration or database error (printed as one
+line, without a traceback); 4 ``import`` skipped lines (each reported on stderr) and imported
+every other one. (1 is also what Python exits with on an uncaught error: a partial import
+has a code of its own.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from langchain_sqlcache.errors import SQLCacheError
 EXIT_BEHIND = 1
 EXIT_SKIPPED = 1
 EXIT_ERROR = 3
+EXIT_PARTIAL = 4
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -366,15 +369,23 @@ def export_command(
 
 
 @main.command(name="import")
-@click.argument("source", type=click.File("r", encoding="utf-8"))
+# Bytes: each line is decoded on its own, so that one that is not UTF-8 is reported and
+# skipped like any other bad line.
+@click.argument("source", type=click.File("rb"))
 @url_option
 @click.option(
     "--namespace", default=None, help="Import into this namespace (default: each line's)."
 )
 @schema_option
 @_one_line_errors
-def import_command(url: str, source: IO[str], namespace: str | None, schema: str | None) -> None:
-    """Read JSON Lines from SOURCE ('-' for standard input) into the cache; idempotent."""
+def import_command(url: str, source: IO[bytes], namespace: str | None, schema: str | None) -> None:
+    """Read JSON Lines from SOURCE ('-' for standard input) into the cache; idempotent.
+
+    A line that cannot be imported (not UTF-8 or JSON, not a valid record, a namespace the
+    cache refuses, too large for the server, refused by the database) is reported on
+    standard error with its number and skipped; every other line is imported. Exit 0 when
+    every line was imported, 4 when some were skipped.
+    """
     cache = _cache(url, namespace or "", schema)
 
     def skipped(number: int, reason: str) -> None:
@@ -390,7 +401,7 @@ def import_command(url: str, source: IO[str], namespace: str | None, schema: str
         cache.close()
     click.echo(f"imported {result.imported} entries, skipped {result.skipped} lines", err=True)
     if result.skipped:
-        sys.exit(EXIT_SKIPPED)
+        sys.exit(EXIT_PARTIAL)
 
 
 def _confirmed(question: str) -> bool:

@@ -289,7 +289,7 @@ def decode_generations(rows: Sequence[Sequence[Any]], *, key_hash: str) -> list[
     if not rows:
         return None
     try:
-        return [_decode_generation(*row) for row in rows]
+        return rebuild_generations(rows)
     except Exception as exc:  # noqa: BLE001 - any malformed row is a miss, never a crash
         logger.warning(
             "langchain-sqlcache: entry %s cannot be rebuilt (%s: %s); treating it as a miss",
@@ -298,6 +298,17 @@ def decode_generations(rows: Sequence[Sequence[Any]], *, key_hash: str) -> list[
             exc,
         )
         return None
+
+
+def rebuild_generations(rows: Sequence[Sequence[Any]]) -> list[Generation]:
+    """Rebuild a cache value from its generation rows (see :func:`decode_generations`).
+
+    Raises:
+        Exception: Whatever a row that cannot be rebuilt makes the decoder raise (a class
+            outside the allowlist, a malformed document, ...), for a caller that reports it.
+
+    """
+    return [_decode_generation(*row) for row in rows]
 
 
 def _decode_generation(

@@ -693,13 +693,46 @@ def check_packet_size(
     whole value goes in one packet, else each row in its own. The limit is read once per
     pooled connection.
     """
+    check_value_size(
+        entry_row, generation_rows, max_allowed_packet(connection), one_packet=one_packet
+    )
+
+
+def max_allowed_packet(connection: PoolProxiedConnection) -> int:
+    """The largest packet the MySQL server takes, read once per pooled connection."""
     info = connection.info
     if "max_allowed_packet" not in info:
         cursor = connection.cursor()
         cursor.execute("SELECT @@max_allowed_packet")
         info["max_allowed_packet"] = int(cursor.fetchall()[0][0])
         cursor.close()
-    limit = info["max_allowed_packet"]
+    limit: int = info["max_allowed_packet"]
+    return limit
+
+
+def packet_limit(engine: Engine) -> int | None:
+    """The largest packet the server takes, where it caps them (MySQL); None elsewhere."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return None
+    connection = engine.raw_connection()
+    try:
+        return max_allowed_packet(connection)
+    finally:
+        connection.close()
+
+
+def check_value_size(
+    entry_row: dict[str, Any],
+    generation_rows: list[dict[str, Any]],
+    limit: int,
+    *,
+    one_packet: bool,
+) -> None:
+    """Raise ValueTooLargeError if the value's packet would exceed ``limit`` bytes.
+
+    ``one_packet``: the whole value goes in one packet, else each row in its own (as
+    executemany sends a row too large to share a statement).
+    """
     sizes = [
         _wire_size(entry_row["prompt"]) + _wire_size(entry_row["llm_string"]),
         *(

@@ -19,18 +19,26 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from langchain_sqlcache.cache import checked_namespace
 from langchain_sqlcache.codec import (
-    decode_generations,
     encode_entry,
     escape_json,
     escape_text,
+    rebuild_generations,
     unescape_json,
     unescape_text,
 )
-from langchain_sqlcache.statements import count_entries, read_page, write_values
+from langchain_sqlcache.errors import ConfigurationError, SQLCacheError, is_transient
+from langchain_sqlcache.statements import (
+    check_value_size,
+    count_entries,
+    packet_limit,
+    read_page,
+    write_values,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -119,89 +127,221 @@ def _iso(value: datetime | None) -> str | None:
 
 @dataclass
 class ImportResult:
-    """What an import did."""
+    """What an import did: lines written, and lines reported and skipped."""
 
     imported: int = 0
     skipped: int = 0
 
 
+class InvalidLine(ValueError):
+    """A line that is not a record the cache can import; the message says why."""
+
+
+# A line's value, ready to write: its line number, entry row and generation rows.
+Pending = tuple[int, dict[str, Any], list[dict[str, Any]]]
+
+
 def import_lines(
     cache: SQLCache,
-    lines: Iterable[str],
+    lines: Iterable[bytes | str],
     *,
     keep_namespaces: bool = True,
     on_skip: Callable[[int, str], None] | None = None,
 ) -> ImportResult:
-    """Import JSON Lines; a malformed line is reported through ``on_skip`` and skipped.
+    """Import JSON Lines; each line that cannot be imported is reported and skipped.
 
-    Entries are upserted by key, so importing the same file twice leaves the same cache.
+    Every line is checked on its own (UTF-8, JSON, the record's fields, the namespace rules
+    of the cache's constructor, and on MySQL the server's packet size, before anything is
+    sent); lines go to the database in batches, and a batch the database refuses is written
+    again line by line, so that only the lines it refuses are skipped. Each skipped line is
+    reported through ``on_skip`` with its number (from 1) and a one-line reason. Entries are
+    upserted by key, so importing the same file twice leaves the same cache.
+
+    Raises:
+        SQLCacheError: A configuration problem (missing tables, ...) or, after retries, a
+            database that is unavailable: the lines before are imported, the rest are not.
+
     """
     result = ImportResult()
-    pending: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+
+    def skip(number: int, reason: str) -> None:
+        result.skipped += 1
+        if on_skip is not None:
+            on_skip(number, reason)
+
+    limit = packet_limit(cache._ready_engines().writer)
+    pending: dict[str, Pending] = {}
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
         try:
-            entry_row, generation_rows = _values_of(json.loads(line), cache, keep_namespaces)
+            value = _value_of(line, cache, keep_namespaces, limit)
         except Exception as exc:  # noqa: BLE001 - any bad line is reported, then skipped
-            result.skipped += 1
-            if on_skip is not None:
-                on_skip(number, f"{type(exc).__name__}: {exc}")
+            skip(number, _reason(exc))
             continue
-        # A key twice in one batch would make one upsert statement touch a row twice.
-        pending[entry_row["key_hash"]] = (entry_row, generation_rows)
-        result.imported += 1
-        if len(pending) >= IMPORT_BATCH:
-            cache._write(write_values, list(pending.values()))
+        if value is None:  # a blank line
+            continue
+        entry_row, generation_rows = value
+        key = entry_row["key_hash"]
+        if key in pending or len(pending) >= IMPORT_BATCH:
+            # A key twice in one batch would make one upsert statement touch a row twice;
+            # and written in order, a later line of a key replaces the earlier one.
+            result.imported += _write_batch(cache, list(pending.values()), skip)
             pending = {}
-    cache._write(write_values, list(pending.values()))
+        pending[key] = (number, entry_row, generation_rows)
+    result.imported += _write_batch(cache, list(pending.values()), skip)
     return result
 
 
-def _values_of(
+def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str], None]) -> int:
+    """Write a batch in one transaction; if the database refuses it, line by line.
+
+    Returns how many lines were written; the ones the database refuses go to ``skip``.
+    """
+    if not batch:
+        return 0
+    try:
+        cache._write(write_values, [(entry_row, rows) for _, entry_row, rows in batch])
+    except Exception as exc:
+        if not _refused(exc):
+            raise
+    else:
+        return len(batch)
+    written = 0
+    for number, entry_row, rows in batch:
+        try:
+            cache._write(write_values, [(entry_row, rows)])
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            skip(number, f"refused by the database: {_reason(exc)}")
+        else:
+            written += 1
+    return written
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the database (or the driver, binding it) refused the values themselves.
+
+    A transient failure is an outage that retries did not get through, and a configuration
+    error holds for every line: either ends the import rather than skipping lines.
+    """
+    return not is_transient(exc) and not isinstance(exc, ConfigurationError)
+
+
+# The most characters of a reason: one line of stderr, whatever the error's size.
+REASON_LENGTH = 300
+
+
+def _reason(exc: BaseException) -> str:
+    """One line that says why: the driver's error rather than SQLAlchemy's wrapping.
+
+    Our own errors' messages say it alone; anything else is named by its type.
+    """
+    cause = getattr(exc, "orig", None) or exc
+    detail = " ".join(str(cause).split())
+    if isinstance(cause, (InvalidLine, SQLCacheError)) and detail:
+        reason = detail
+    else:
+        reason = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
+    return reason if len(reason) <= REASON_LENGTH else reason[: REASON_LENGTH - 3] + "..."
+
+
+def _value_of(
+    line: bytes | str, cache: SQLCache, keep_namespaces: bool, limit: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The rows of one line, checked; None for a blank line."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            msg = f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at column {exc.start + 1}"
+            raise InvalidLine(msg) from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        msg = f"not JSON: {exc.msg} at column {exc.colno}"
+        raise InvalidLine(msg) from None
+    entry_row, generation_rows = _rows_of(record, cache, keep_namespaces)
+    if limit is not None:
+        check_value_size(entry_row, generation_rows, limit, one_packet=False)
+    return entry_row, generation_rows
+
+
+def _rows_of(
     record: Any, cache: SQLCache, keep_namespaces: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         msg = f"not a {FORMAT} record"
-        raise ValueError(msg)
+        raise InvalidLine(msg)
+    # The API's rules: a namespace the constructor would refuse is refused here too.
+    namespace = checked_namespace(record.get("namespace")) if keep_namespaces else cache.namespace
+    prompt, llm_string = _string(record, "prompt"), _string(record, "llm_string")
+    generations = record.get("generations")
+    if not isinstance(generations, list) or not generations:
+        msg = "generations is not a non-empty list"
+        raise InvalidLine(msg)
+    if not all(isinstance(g, dict) for g in generations):
+        msg = "a generation is not an object"
+        raise InvalidLine(msg)
     rows = [
         (
-            g["type"],
-            escape_text(g["text"]),
+            g.get("type"),
+            escape_text(_string(g, "text")),
             escape_json(g.get("generation_info")),
             escape_json(g.get("message")),
         )
-        for g in record["generations"]
+        for g in generations
     ]
-    value = decode_generations(rows, key_hash="(import)") if rows else None
-    if value is None:
-        msg = "its generations cannot be rebuilt"
-        raise ValueError(msg)
-    namespace = record["namespace"] if keep_namespaces else cache.namespace
-    for name in ("namespace", "prompt", "llm_string"):
-        if not isinstance(record[name], str):
-            msg = f"{name} is not a string"
-            raise TypeError(msg)
-    expires = record.get("expires_at")
+    try:
+        # The allowlisted decoder, as for a row read from the database.
+        value = rebuild_generations(rows)
+    except Exception as exc:
+        msg = f"its generations cannot be rebuilt ({_reason(exc)})"
+        raise InvalidLine(msg) from exc
     entry_row, generation_rows = encode_entry(
         namespace,
-        record["prompt"],
-        record["llm_string"],
+        prompt,
+        llm_string,
         value,
-        created_at=_aware(record["created_at"]),
-        updated_at=_aware(record["updated_at"]),
-        expires_at=_aware(expires) if expires else None,
+        created_at=_instant(record, "created_at"),
+        updated_at=_instant(record, "updated_at"),
+        expires_at=_optional_instant(record, "expires_at"),
         secret=cache._key_secret,
     )
-    entry_row["hit_count"] = int(record.get("hit_count") or 0)
-    last_hit = record.get("last_hit_at")
-    entry_row["last_hit_at"] = _aware(last_hit) if last_hit else None
+    hit_count = record.get("hit_count", 0)
+    if not isinstance(hit_count, int) or isinstance(hit_count, bool) or hit_count < 0:
+        msg = f"hit_count is not a count: {hit_count!r}"
+        raise InvalidLine(msg)
+    entry_row["hit_count"] = hit_count
+    entry_row["last_hit_at"] = _optional_instant(record, "last_hit_at")
     return entry_row, generation_rows
 
 
-def _aware(value: str) -> datetime:
+def _string(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        msg = f"{name} is not a string"
+        raise InvalidLine(msg)
+    return value
+
+
+def _instant(record: dict[str, Any], name: str) -> datetime:
+    """An ISO timestamp with a time zone, in UTC (so that an instant out of range fails here)."""
+    value = record.get(name)
+    if not isinstance(value, str):
+        msg = f"{name} is not an ISO timestamp"
+        raise InvalidLine(msg)
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        msg = f"timestamp without a time zone: {value!r}"
-        raise ValueError(msg)
-    return parsed
+        msg = f"{name} has no time zone: {value!r}"
+        raise InvalidLine(msg)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        msg = f"{name} is out of range in UTC: {value!r}"
+        raise InvalidLine(msg) from None
+
+
+def _optional_instant(record: dict[str, Any], name: str) -> datetime | None:
+    return None if record.get(name) is None else _instant(record, name)
