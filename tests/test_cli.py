@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
-from sqlalchemy import create_engine, inspect, update
+from sqlalchemy import create_engine, inspect, text, update
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache, demo, migrations
@@ -21,7 +22,13 @@ from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.migrations import OWN_TABLES, head_revision
 from langchain_sqlcache.models import entry_table
-from tests.conftest import Backend, cli_runner, sync_engine, unique_namespace
+from tests.conftest import (
+    Backend,
+    cli_runner,
+    sync_engine,
+    unique_identifier,
+    unique_namespace,
+)
 
 LLM = "[('model', 'cli-model')]"
 
@@ -432,3 +439,94 @@ def test_database_at_an_older_revision(empty_db: str, tmp_path: Path) -> None:
 def test_help_for_every_command(command: str) -> None:
     code, out, _ = run(command, "--help")
     assert (code, "Usage:" in out) == (0, True)
+
+
+# -- --schema is checked, and what the tool prints to run can be pasted into a shell ----------
+
+NOT_A_NAME = "x;DROP TABLE llm_cache_entry"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["current"], ["check"], ["upgrade"], ["upgrade", "--sql"], ["downgrade", "base"]],
+    ids=" ".join,
+)
+def test_db_commands_refuse_a_schema_that_is_not_a_plain_name(
+    empty_db: str, command: list[str]
+) -> None:
+    assert_one_line_error(
+        run("db", *command, "--url", empty_db, "--schema", NOT_A_NAME),
+        f"schema must be a plain SQL name (letters, digits, _ or $), not {NOT_A_NAME!r}",
+    )
+    assert tables(empty_db) == set()
+
+
+def shell_words(command: str, cwd: Path) -> list[str]:
+    """The arguments a POSIX shell finds in ``command``, pasted as it is (run by printf)."""
+    result = subprocess.run(
+        ["sh", "-c", f"printf '%s\\0' {command}"],  # noqa: S607 - the test's own shell
+        cwd=cwd,
+        capture_output=True,
+        check=True,
+    )
+    return result.stdout.decode().split("\0")[:-1]
+
+
+def printed_command(output: str) -> str:
+    """The command after the last "run: " (or "look inside: ") of the output."""
+    return re.split(r"(?:run|look inside): ", output.strip())[-1].splitlines()[0]
+
+
+def test_printed_commands_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
+    # A folder name a shell would split, expand and run if it were pasted unquoted.
+    folder = tmp_path / "it's a $HOME; touch pwned &"
+    folder.mkdir()
+    url = f"sqlite:///{folder}/cache.db"
+    fix = ["langchain-sqlcache", "db", "upgrade", "--url"]
+    code, out, _ = run("db", "check", "--url", url)
+    assert code == EXIT_BEHIND
+    *words, pasted_url = shell_words(printed_command(out), tmp_path)
+    assert (words, make_url(pasted_url)) == (fix, make_url(url))
+    code, _, err = run("stats", "--url", url)  # the tables' absence names the same fix
+    assert code == EXIT_ERROR
+    *words, pasted_url = shell_words(printed_command(err), tmp_path)
+    # (with the driver the cache's engine names: sqlite+pysqlite)
+    assert (words, make_url(pasted_url).database) == (fix, make_url(url).database)
+    code, out, err = run("demo", "--latency", "0.001", "--url", url)
+    assert code == 0, err
+    assert shell_words(printed_command(out), tmp_path) == [
+        "sqlite3",
+        f"{folder}/cache.db",
+        "SELECT * FROM llm_cache_outputs",
+    ]
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.fixture
+def dollar_schema(backend: Backend) -> Iterator[str]:
+    """A schema whose name holds a $ (a plain SQL name, but one a shell expands)."""
+    name = unique_identifier("sqlcache_schema") + "$HOME"
+    admin = sync_engine(backend.url).execution_options(isolation_level="AUTOCOMMIT")
+    if backend.name == "mysql":  # the database must exist there (see scratch_schema)
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    yield name
+    with admin.connect() as connection:
+        if backend.name == "mysql":
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        else:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+def test_check_prints_the_schema_shell_quoted(
+    backend: Backend, dollar_schema: str, tmp_path: Path
+) -> None:
+    code, out, err = run("db", "check", "--url", backend.url, "--schema", dollar_schema)
+    assert code == EXIT_BEHIND, err
+    shown = make_url(backend.url).render_as_string(hide_password=True)
+    assert shell_words(printed_command(out), tmp_path) == [
+        *("langchain-sqlcache", "db", "upgrade", "--url", shown),
+        *("--schema", dollar_schema),
+    ]

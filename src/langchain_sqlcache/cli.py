@@ -5,6 +5,8 @@ was not confirmed; 2 a usage error; 3 a configuration or database error (printed
 line, without a traceback); 4 ``import`` skipped lines (each reported on stderr) and imported
 every other one. (1 is also what Python exits with on an uncaught error: a partial import
 has a code of its own.)
+
+Every command printed for the user to run is shell-quoted, so it can be pasted as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -239,10 +242,12 @@ def demo(url: str, latency: float) -> None:
     click.echo(" ".join(sql.split()))
     click.echo(_table(columns, [list(row) for row in result]))
     cache.close()
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        query = "SELECT * FROM llm_cache_outputs"
-        click.echo(f"\nThe cache is in {path}; look inside: sqlite3 {path} '{query}'")
+    parsed = resolve_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        # The file as SQLAlchemy reads the URL (percent-escapes decoded, no query string).
+        path = parsed.database
+        look = shlex.join(["sqlite3", path, "SELECT * FROM llm_cache_outputs"])
+        click.echo(f"\nThe cache is in {path}; look inside: {look}")
 
 
 @main.command()

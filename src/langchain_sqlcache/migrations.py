@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -119,6 +120,7 @@ def downgrade(
 
 def current(target: Target, *, schema: str | None = None) -> str | None:
     """The revision the database is at, or None when our version table is absent or empty."""
+    checked_identifier(schema)
     if isinstance(target, Connection):
         return _current_of(target, schema)
     if isinstance(target, Engine):
@@ -169,10 +171,13 @@ def read_state(connection: Connection, schema: str | None) -> SchemaState:
 
 
 def upgrade_command(url: str | URL | None, schema: str | None) -> str:
-    """The command that brings a database to the installed package's revision."""
+    """The command that brings a database to the installed package's revision.
+
+    Shell-quoted, so that it can be pasted as it is whatever the URL holds.
+    """
     shown = "URL" if url is None else make_url(url).render_as_string(hide_password=True)
-    schema_option = f" --schema {schema}" if schema else ""
-    return f"langchain-sqlcache db upgrade --url '{shown}'{schema_option}"
+    schema_option = ["--schema", schema] if schema else []
+    return shlex.join(["langchain-sqlcache", "db", "upgrade", "--url", shown, *schema_option])
 
 
 def ensure_schema(connection: Connection, schema: str | None, *, create: bool) -> None:
