@@ -30,9 +30,11 @@ from langchain_sqlcache.codec import (
     rebuild_generations,
     unescape_json,
     unescape_text,
+    utf8_size,
 )
 from langchain_sqlcache.errors import ConfigurationError, SQLCacheError, is_transient
 from langchain_sqlcache.statements import (
+    PACKET_OVERHEAD,
     check_value_size,
     count_entries,
     packet_limit,
@@ -227,6 +229,10 @@ def _refused(exc: BaseException) -> bool:
     return not is_transient(exc) and not isinstance(exc, ConfigurationError)
 
 
+# A bound on the bytes a line's values take in MySQL's packets per byte of the line: JSON
+# escapes, escape_text's ASCII form and the driver's backslashes at most triple and double
+# them. A line under limit / 8 cannot reach the limit, and skips measuring its values.
+WIRE_BYTES_PER_LINE_BYTE = 8
 # The most characters of a reason: one line of stderr, whatever the error's size.
 REASON_LENGTH = 300
 
@@ -249,6 +255,7 @@ def _value_of(
     line: bytes | str, cache: SQLCache, keep_namespaces: bool, limit: int | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The rows of one line, checked; None for a blank line."""
+    size = len(line) if isinstance(line, bytes) else utf8_size(line)
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
@@ -263,7 +270,7 @@ def _value_of(
         msg = f"not JSON: {exc.msg} at column {exc.colno}"
         raise InvalidLine(msg) from None
     entry_row, generation_rows = _rows_of(record, cache, keep_namespaces)
-    if limit is not None:
+    if limit is not None and size * WIRE_BYTES_PER_LINE_BYTE + PACKET_OVERHEAD > limit:
         check_value_size(entry_row, generation_rows, limit, one_packet=False)
     return entry_row, generation_rows
 
