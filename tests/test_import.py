@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from langchain_sqlcache import SQLCache, transfer
 from langchain_sqlcache.cli import EXIT_PARTIAL, main
@@ -226,3 +229,22 @@ def test_a_line_over_the_packet_size_is_skipped_before_it_is_sent(
     assert "exceeds the server's max_allowed_packet" in skipped[2]
     assert skipped[2].endswith("; not sent")
     assert set(stored(backend.url, namespace)) == {"p1", "p3"}
+
+
+def test_an_outage_ends_the_import_instead_of_skipping_lines(tmp_sqlite_url: str) -> None:
+    # A database locked by another writer past the busy timeout: a transient failure that
+    # retries do not get through. No line is to blame, so none is skipped.
+    cache = SQLCache(tmp_sqlite_url, on_error="raise", connect_args={"timeout": 0.05})
+    cache.stats()  # tables made, and the schema checked, before the lock is taken
+    locker = sqlite3.connect(make_url(tmp_sqlite_url).database or "", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    skipped: list[int] = []
+    try:
+        lines = [line(record("", f"p{i}")) for i in range(3)]
+        with pytest.raises(OperationalError, match="database is locked"):
+            transfer.import_lines(cache, lines, on_skip=lambda number, _: skipped.append(number))
+    finally:
+        locker.rollback()
+        locker.close()
+        cache.close()
+    assert skipped == []

@@ -32,7 +32,12 @@ from langchain_sqlcache.codec import (
     unescape_text,
     utf8_size,
 )
-from langchain_sqlcache.errors import ConfigurationError, SQLCacheError, is_transient
+from langchain_sqlcache.errors import (
+    CacheUnavailableError,
+    ConfigurationError,
+    SQLCacheError,
+    is_transient,
+)
 from langchain_sqlcache.statements import (
     PACKET_OVERHEAD,
     check_value_size,
@@ -160,8 +165,9 @@ def import_lines(
     upserted by key, so importing the same file twice leaves the same cache.
 
     Raises:
-        SQLCacheError: A configuration problem (missing tables, ...) or, after retries, a
-            database that is unavailable: the lines before are imported, the rest are not.
+        ConfigurationError: A configuration problem (missing tables, ...).
+        SQLAlchemyError: A database still unavailable after retries (or
+            CacheUnavailableError): the batches before are written, the rest are not.
 
     """
     result = ImportResult()
@@ -226,7 +232,8 @@ def _refused(exc: BaseException) -> bool:
     A transient failure is an outage that retries did not get through, and a configuration
     error holds for every line: either ends the import rather than skipping lines.
     """
-    return not is_transient(exc) and not isinstance(exc, ConfigurationError)
+    outage = is_transient(exc) or isinstance(exc, CacheUnavailableError)
+    return not outage and not isinstance(exc, ConfigurationError)
 
 
 # A bound on the bytes a line's values take in MySQL's packets per byte of the line: JSON
