@@ -34,6 +34,7 @@ from langchain_sqlcache.failsafe import (
     CircuitBreaker,
     Failsafe,
     FailureLog,
+    kind_of,
     opened,
     retryable,
 )
@@ -627,8 +628,8 @@ class SQLCache(BaseCache):
     def _finished_in_background(self, task: asyncio.Future[Any]) -> None:
         self._background.discard(task)
         exc = None if task.cancelled() else task.exception()
-        if isinstance(exc, Exception):
-            self._failsafe.failed("cancelled operation", exc, None, on_error="warn")
+        if exc is not None:  # nobody is left to raise it to: counted and logged
+            self._failures.record("cancelled operation", kind_of(exc) or "error", exc)
 
     async def _arun_unshielded(
         self,
