@@ -136,16 +136,16 @@ class SQLCache(BaseCache):
             (a value out of a column's range, a JSON it rejects), ``ValueTooLargeError`` for
             a value over MySQL's max_allowed_packet, ``UnstorableValueError`` for a value the
             cache cannot store exactly. Under either policy ``ConfigurationError`` and
-            ``SchemaError`` (bad URL, missing driver, wrong credentials, missing database,
-            tables missing or at another revision; found at the first operation of each
-            family, sync or async) raise, as does ``TypeError`` for a ``return_val`` that
-            holds something other than Generations (nothing is written), and ``stats()``,
-            a health check, raises. A lost pooled connection or a deadlock is retried (4
-            attempts in all); a connection that cannot be opened, or a timeout, is not. A
-            database found unavailable (refused, lost, timed out, shutting down, out of
-            connections) is skipped: later operations fail over at once, in microseconds,
-            while one probe at a time, 0.25 s after the failure and doubling to 2 s, finds
-            when it is back.
+            ``SchemaError`` raise: a bad URL or a missing driver at construction; wrong
+            credentials, a missing database, tables missing, at another revision or that the
+            role cannot create at the first operation of each family (sync, async). So do
+            ``TypeError`` for a ``return_val`` that holds something other than Generations
+            (nothing is written) and ``stats()``, a health check. A lost pooled connection or
+            a deadlock is retried (4 attempts in all); a connection that cannot be opened, or
+            a timeout, is not. A database found unavailable (refused, lost, timed out,
+            shutting down, out of connections) is skipped: later operations fail over at
+            once, in microseconds, while one probe at a time, 0.25 s after the failure and
+            doubling to 2 s, finds when it is back.
         key_secret: Key entries with HMAC-SHA-256 under this secret instead of plain
             SHA-256, so that readers of the table cannot confirm a guessed prompt. Caches
             sharing tables must share the secret; changing it orphans existing entries.
