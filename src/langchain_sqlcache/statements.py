@@ -50,6 +50,7 @@ from sqlalchemy.sql import ClauseElement
 from langchain_sqlcache.codec import utf8_size
 from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
 from langchain_sqlcache.errors import ValueTooLargeError
+from langchain_sqlcache.failsafe import CONNECTING, opened
 from langchain_sqlcache.models import entry_table, generation_table
 from langchain_sqlcache.sqlalchemy_internals import (
     as_sqlalchemy_error,
@@ -116,7 +117,7 @@ def statements_for(dialect_name: str) -> Statements:
                 # JSON comes back as text and is parsed by the codec, so that a planted
                 # malformed document is a miss there rather than an error while fetching,
                 # and so that the codec can tell from the text alone that nothing in it
-                # needs unescaping. (Postgres drivers parse jsonb unless it is cast.)
+                # needs unescaping. (Postgres drivers parse json unless it is cast.)
                 _as_text(generation.c.generation_info, dialect_name).label("generation_info"),
                 _as_text(generation.c.message, dialect_name).label("message"),
             )
@@ -229,7 +230,7 @@ def _replace_value() -> Delete:
     """Postgres: upsert the entry, write its generations and drop the surplus, in one statement.
 
     One statement in autocommit is one round trip and one transaction, against five for
-    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one jsonb array and
+    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one json array and
     overwrite those at the same positions; the old value's surplus positions are deleted.
 
     A concurrent writer of the same key whose longer value committed while this statement
@@ -246,7 +247,9 @@ def _replace_value() -> Delete:
         .cte("upserted")
     )
     incoming = (
-        func.jsonb_to_recordset(bindparam("generation_rows", type_=postgresql.JSONB))
+        # json, not jsonb: json_to_recordset hands each document on as the text it was
+        # sent as (key order, 1e23, -0.0), which the json columns then keep.
+        func.json_to_recordset(bindparam("generation_rows", type_=postgresql.JSON))
         .table_valued(
             *(column(c.name, c.type) for c in generation.c if c.name != "entry_id"),
         )
@@ -499,11 +502,12 @@ def run_on_reader(
     """
     dialect = engine.dialect
     parameters = query.parameters(values)
-    try:
-        connection = engine.raw_connection()
-    except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
-        gone = dialect.is_disconnect(exc, None, None)
-        raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
+    with CONNECTING:
+        try:
+            connection = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
+            gone = dialect.is_disconnect(exc, None, None)
+            raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
     try:
@@ -628,7 +632,7 @@ def store_value(
     one_by_one = dialect.name == "sqlite" and len(generation_rows) <= SQLITE_ROWS_PER_INSERT
     if generation_rows and (dialect.name == "postgresql" or one_packet or one_by_one):
         # MySQL's and SQLite's multi-row INSERT is compiled per number of generations;
-        # Postgres' takes them all as one jsonb parameter.
+        # Postgres' takes them all as one json parameter.
         by_position = one_packet or one_by_one
         rows = len(generation_rows) if by_position else 0
         query = driver_query("replace_value", engines.reader.dialect, engines.schema, rows)
@@ -646,7 +650,7 @@ def store_value(
             engines.reader, query, values, engines.reader_mode, check if one_packet else None
         )
         return
-    with engines.writer.begin() as connection:
+    with opened(engines.writer) as connection, connection.begin():
         write_value(connection, entry_row, generation_rows)
 
 
