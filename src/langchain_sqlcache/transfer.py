@@ -32,12 +32,8 @@ from langchain_sqlcache.codec import (
     unescape_text,
     utf8_size,
 )
-from langchain_sqlcache.errors import (
-    CacheUnavailableError,
-    ConfigurationError,
-    SQLCacheError,
-    is_transient,
-)
+from langchain_sqlcache.errors import SQLCacheError
+from langchain_sqlcache.failsafe import kind_of
 from langchain_sqlcache.statements import (
     PACKET_OVERHEAD,
     check_value_size,
@@ -229,11 +225,15 @@ def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str
 def _refused(exc: BaseException) -> bool:
     """Whether the database (or the driver, binding it) refused the values themselves.
 
-    A transient failure is an outage that retries did not get through, and a configuration
-    error holds for every line: either ends the import rather than skipping lines.
+    An outage (the server unavailable, a timeout, every connection busy, the breaker open)
+    holds for every line, and so does a configuration error: they end the import rather
+    than skipping lines. The failure policy's classification decides which is which.
     """
-    outage = is_transient(exc) or isinstance(exc, CacheUnavailableError)
-    return not outage and not isinstance(exc, ConfigurationError)
+    return kind_of(exc) not in (*OUTAGES, None)
+
+
+# Failures that say nothing about a line (see failsafe.Kind).
+OUTAGES = ("unavailable", "timeout", "busy", "circuit_open")
 
 
 # A bound on the bytes a line's values take in MySQL's packets per byte of the line: JSON
