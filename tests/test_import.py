@@ -98,7 +98,7 @@ def test_each_line_that_cannot_be_imported_is_reported_and_skipped(
         line(record(namespace, "p3")),
         b"{not json\n",
         line(record("n" * (NAMESPACE_MAX_LENGTH + 1), "p5")),
-        # MariaDB compares namespaces ignoring trailing spaces: it would join the test's.
+        # The constructor refuses a namespace that ends with a space: so does import.
         line(record(namespace + " ", "p6")),
         line(record(namespace, "p7")),
         line(record(namespace, "p8", hit_count=OUT_OF_RANGE)),
