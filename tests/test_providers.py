@@ -32,7 +32,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from langchain_sqlcache import SQLCache
-from tests.conftest import Backend
+from tests.conftest import Backend, unique_namespace
 
 Body = dict[str, Any]
 
@@ -256,13 +256,26 @@ async def test_tool_calls(provider: Provider, async_cache: SQLCache, family: str
     assert_exact_hit(second, first)
 
 
-async def test_structured_output(provider: Provider, async_cache: SQLCache, family: str) -> None:
+@pytest.fixture
+async def structured_cache(backend: Backend) -> AsyncIterator[SQLCache]:
+    """An empty cache that gives ``Event`` instances back as instances, as a user sets it up."""
+    sql_cache = SQLCache(backend.url, namespace=unique_namespace(), pydantic_classes=[Event])
+    yield sql_cache
+    await sql_cache.aclear()
+    await sql_cache.aclose()
+
+
+async def test_structured_output(
+    provider: Provider, structured_cache: SQLCache, family: str
+) -> None:
     """A pydantic model with a datetime field, parsed by the provider package.
 
     ChatOpenAI's json_schema method parses the reply inside the model call, so the cache
-    stores the ``Event`` instance itself in ``additional_kwargs["parsed"]``. ChatGroq parses
-    after the cache; it uses function calling, the method every supported langchain-groq
-    has (json_schema came with 0.3.8, which needs langchain-core 0.3.75).
+    stores the ``Event`` instance itself in ``additional_kwargs["parsed"]``; langchain-openai
+    0.3 hands that object to the caller as it is, so a hit must rebuild the class (the
+    ``pydantic_classes`` option). ChatGroq parses after the cache; it uses function calling,
+    the method every supported langchain-groq has (json_schema came with 0.3.8, which needs
+    langchain-core 0.3.75).
     """
     if provider.name == "openai":
         provider.serve(provider.completion(LAUNCH_JSON))
@@ -273,7 +286,7 @@ async def test_structured_output(provider: Provider, async_cache: SQLCache, fami
             provider.completion(None, tool_calls=[tool_call("call_1", "Event", arguments)])
         )
         method = "function_calling"
-    model = provider.model(async_cache).with_structured_output(
+    model = provider.model(structured_cache).with_structured_output(
         Event, method=method, include_raw=True
     )
     first, second = await twice(provider, model, "When is the launch?", family)
