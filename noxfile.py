@@ -41,7 +41,8 @@ _add_pyenv_pythons_to_path()
 VERSIONS_SCRIPT = """
 import sys, importlib.metadata as m
 names = ("sqlalchemy", "alembic", "langchain-core", "click", "aiosqlite", "psycopg",
-         "asyncpg", "pymysql", "aiomysql", "greenlet", "pytest")
+         "asyncpg", "pymysql", "aiomysql", "greenlet", "pytest", "langchain-openai", "openai",
+         "langchain-groq", "groq", "httpx")
 def version(name):
     try:
         return m.version(name)

@@ -6,9 +6,12 @@ from collections.abc import Iterator
 
 from langchain_core.globals import set_llm_cache
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.load import dumps
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from langchain_sqlcache import SQLCache
+from langchain_sqlcache.codec import entry_key, key_prompt
+from tests.conftest import Backend
 
 
 class CountingMessages(Iterator[AIMessage]):
@@ -64,3 +67,53 @@ def test_global_cache(cache: SQLCache) -> None:
         assert replies.calls == 1
     finally:
         set_llm_cache(None)
+
+
+def converse(cache: SQLCache) -> tuple[list[BaseMessage], int]:
+    """Three turns as an agent runs them; return the conversation and the model's calls."""
+    replies = CountingMessages("Hello.", "Paris.", "Rome.")
+    model = GenericFakeChatModel(messages=replies, cache=cache)
+    messages: list[BaseMessage] = [HumanMessage("Hi.")]
+    for question in ("Capital of France?", "Capital of Italy?", None):
+        messages.append(model.invoke(messages))
+        if question is not None:
+            messages.append(HumanMessage(question))
+    return messages, replies.calls
+
+
+def test_replayed_conversation_hits_every_turn(backend: Backend, cache: SQLCache) -> None:
+    """Each turn's key holds the earlier answers, which on a replay are the cache's hits.
+
+    langchain-core (0.3.73 on) marks a hit's usage_metadata with total_cost 0, so a
+    replay's second turn is not the original's prompt; the key leaves the mark out.
+    """
+    original, calls = converse(cache)
+    assert calls == 3
+    replay_cache = SQLCache(backend.url, namespace=cache.namespace)
+    try:
+        replayed, calls = converse(replay_cache)
+    finally:
+        replay_cache.close()
+    assert calls == 0
+    assert [m.content for m in replayed] == [m.content for m in original]
+
+
+def test_key_leaves_out_the_hit_mark() -> None:
+    """Only an int total_cost of 0 in a message's usage_metadata is left out of the key."""
+    usage = {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+    answer = AIMessage("Paris.", usage_metadata=usage)
+    prompt = dumps([HumanMessage("Hi."), answer])
+    marked = answer.model_copy(update={"usage_metadata": {**usage, "total_cost": 0}})
+    assert key_prompt(dumps([HumanMessage("Hi."), marked])) == prompt
+    # langchain-core marks an answer without usage_metadata too (a copy skips validation).
+    bare = AIMessage("Paris.").model_copy(update={"usage_metadata": {"total_cost": 0}})
+    assert key_prompt(dumps([bare])) == dumps([AIMessage("Paris.")])
+    for kept in (
+        dumps([answer.model_copy(update={"usage_metadata": {**usage, "total_cost": 0.5}})]),
+        dumps([answer.model_copy(update={"usage_metadata": {**usage, "total_cost": False}})]),
+        dumps([HumanMessage('"total_cost": 0')]),
+        'plain text with "total_cost": 0',
+        '{"total_cost": 0}',
+    ):
+        assert key_prompt(kept) == kept
+    assert entry_key("", dumps([marked]), "llm") == entry_key("", dumps([answer]), "llm")

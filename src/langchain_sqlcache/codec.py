@@ -86,11 +86,53 @@ def entry_key(namespace: str, prompt: str, llm_string: str, secret: bytes | None
         if secret is not None
         else hashlib.sha256(KEY_FORMAT_VERSION)
     )
-    for part in (namespace, prompt, llm_string):
+    for part in (namespace, key_prompt(prompt), llm_string):
         data = part.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)
     return digest.hexdigest()
+
+
+# langchain-core (0.3.73 and later) adds ``"total_cost": 0`` to the usage_metadata of every
+# message a cache returns, and keys a chat call on ``dumps`` of all its messages, earlier
+# answers included. An agent replaying a conversation from the cache sends its second turn
+# with the first answer so marked, which the original run never did: the key differs and
+# every later turn misses (langchain-ai/langchain#35308). The mark never reaches the
+# provider, so the key leaves it out.
+HIT_MARK = '"total_cost": 0'
+
+
+def key_prompt(prompt: str) -> str:
+    """Return ``prompt`` as the key hashes it: without the mark langchain-core puts on hits.
+
+    A chat prompt is ``dumps`` of a message list; each message whose ``usage_metadata``
+    holds ``total_cost`` 0 (an int, as langchain-core sets it) loses that entry, and its
+    ``usage_metadata`` too if nothing else is left. The rest is dumped again as
+    ``json.dumps`` wrote it, so the result is the original turn's prompt byte for byte.
+    Any other prompt, and one without the mark (the common case: one substring search),
+    is returned unchanged.
+    """
+    if HIT_MARK not in prompt:
+        return prompt
+    try:
+        messages = json.loads(prompt)
+    except (ValueError, RecursionError):
+        return prompt
+    if not isinstance(messages, list):
+        return prompt
+    changed = False
+    for message in messages:
+        kwargs = message.get("kwargs") if isinstance(message, dict) else None
+        if not isinstance(kwargs, dict) or not isinstance(kwargs.get("usage_metadata"), dict):
+            continue
+        usage = kwargs["usage_metadata"]
+        cost = usage.get("total_cost")
+        if type(cost) is int and cost == 0:
+            del usage["total_cost"]
+            if not usage:
+                del kwargs["usage_metadata"]
+            changed = True
+    return json.dumps(messages) if changed else prompt
 
 
 def _needs_escape(value: str) -> bool:
