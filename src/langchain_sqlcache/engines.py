@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import sqlite3
 import time
@@ -33,6 +35,54 @@ URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 SQLITE_WAL_RETRY_SECONDS = 0.01
 DEFAULT_URL = "sqlite:///.langchain_cache.db"
+
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 2.0
+"""How long the cache's engines wait for a new connection, handshake and login included.
+
+A connection on a LAN takes milliseconds, one across a region with TLS a few hundred; 2 s
+is libpq's minimum, and what a model call (seconds) can afford to lose to a dead server once
+before the failure policy turns the lookup into a miss."""
+
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 5.0
+"""How long one of the cache's statements may run (or wait for a lock) on the server.
+
+A lookup or an update takes milliseconds; a statement still running after 5 s is stuck
+behind a lock or on a sick server, and waiting longer only delays the model call it sits in
+front of. stats() and pruning scan a namespace: over millions of entries they may need more
+(``statement_timeout=`` raises it, None removes it)."""
+
+CLIENT_TIMEOUT_GRACE_SECONDS = 1.0
+"""How much longer the client waits for an answer than the server lets a statement run.
+
+The server's own timeout cancels the statement and keeps the connection; the client's
+(a read timeout) is the bound for a server that stopped answering altogether, and costs the
+connection."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The connect and statement timeouts of the engines a cache builds (None: none)."""
+
+    connect: float | None = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    statement: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("connect_timeout", self.connect),
+            ("statement_timeout", self.statement),
+        ):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf
+            ):
+                msg = f"{name} must be a positive number of seconds or None, not {value!r}"
+                raise ConfigurationError(msg)
+
+    @property
+    def read(self) -> float | None:
+        """The client-side bound on waiting for an answer (see CLIENT_TIMEOUT_GRACE_SECONDS)."""
+        return None if self.statement is None else self.statement + CLIENT_TIMEOUT_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -135,6 +185,112 @@ def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, 
     return {}
 
 
+def timeout_args(
+    url: URL,
+    timeouts: Timeouts,
+    given: dict[str, Any],
+    *,
+    transaction_pooler: bool = False,
+) -> dict[str, Any]:
+    """The driver's connect arguments that bound connecting and each statement.
+
+    ``url`` names the driver; ``given`` is what the user passed already (the URL's query and
+    ``connect_args``): a timeout the user set is theirs, and an ``options`` or
+    ``server_settings`` of theirs is kept, ours added to it. Behind a transaction pooler no
+    server setting is sent at connect time (PgBouncer refuses startup parameters it does
+    not track, and a SET would stay on a server connection other clients share): set
+    ``statement_timeout`` on the role or the pooler's ``query_timeout`` instead.
+    """
+    connect, statement, read = timeouts.connect, timeouts.statement, timeouts.read
+    driver = url.get_driver_name()
+    args: dict[str, Any] = {}
+    if driver in ("psycopg", "psycopg_async"):
+        if connect is not None:
+            # libpq counts whole seconds, at least 2; psycopg applies it to the whole
+            # connection, login included.
+            args["connect_timeout"] = max(2, math.ceil(connect))
+        options = str(given.get("options", ""))
+        if statement is not None and not transaction_pooler and "statement_timeout" not in options:
+            args["options"] = f"{options} -c statement_timeout={_milliseconds(statement)}".strip()
+    elif driver == "asyncpg":
+        # asyncpg bounds the whole connection (login included) and, on the client side,
+        # each statement: the bound for a server that stops answering mid-statement.
+        args["timeout"] = connect
+        args["command_timeout"] = read
+        settings = dict(given.get("server_settings") or {})
+        if statement is not None and not transaction_pooler and "statement_timeout" not in settings:
+            args["server_settings"] = {
+                **settings,
+                "statement_timeout": str(_milliseconds(statement)),
+            }
+    elif driver in ("pymysql", "aiomysql"):
+        args["connect_timeout"] = connect
+        if statement is not None:
+            args["init_command"] = _mysql_session_timeouts(statement)
+        if driver == "pymysql":
+            # PyMySQL's connect_timeout covers the TCP connect alone and its read_timeout
+            # every read, the handshake's included: the handshake gets the connect timeout,
+            # and _configure_pymysql_reads gives later reads the statement's.
+            args["read_timeout"] = connect if connect is not None else read
+            args["write_timeout"] = read
+        elif connect is not None:
+            # aiomysql has no read timeout at all: the handshake is bounded here, and a
+            # statement by the async path's own deadline.
+            args["async_creator_fn"] = _aiomysql_connect_within(connect)
+    return {
+        key: value
+        for key, value in args.items()
+        if value is not None and (key in ("options", "server_settings") or key not in given)
+    }
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _mysql_session_timeouts(statement: float) -> str:
+    """The SET that bounds a MySQL session's waits, run once per new connection.
+
+    MySQL has no statement timeout for writes; what holds a cache's statement on the server
+    is a lock (a row's, or a table's metadata lock during a migration, which waits a year by
+    default). MariaDB has one (max_statement_time), in a comment that only MariaDB runs.
+    """
+    seconds = max(1, math.ceil(statement))
+    return (
+        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+        f" /*M! , max_statement_time = {statement:g} */"
+    )
+
+
+def _aiomysql_connect_within(seconds: float) -> Callable[..., Any]:
+    async def connect_within(*args: Any, **kwargs: Any) -> Any:
+        import aiomysql  # an optional driver, imported when a connection is opened
+        from pymysql.err import OperationalError
+
+        try:
+            return await asyncio.wait_for(aiomysql.connect(*args, **kwargs), seconds)
+        except TimeoutError as exc:
+            # PyMySQL's code and words for it: the same error on both MySQL drivers.
+            host = kwargs.get("host", "localhost")
+            msg = f"Can't connect to MySQL server on {host!r} (timed out after {seconds:g} s)"
+            raise OperationalError(2003, msg) from exc
+
+    return connect_within
+
+
+def _configure_pymysql_reads(engine: Engine, read_timeout: float | None) -> None:
+    """Give a PyMySQL connection's reads the statement's bound once its handshake is done.
+
+    PyMySQL takes a single read timeout, for the handshake and every statement alike, and
+    has no public way to change it afterwards: the attribute its reads consult is set here.
+    """
+
+    def after_handshake(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection._read_timeout = read_timeout
+
+    event.listen(engine, "connect", after_handshake)
+
+
 POOL_DEFAULTS: dict[str, Any] = {"pool_size": 15, "max_overflow": 0}
 """The pool of an engine the cache builds: 15 connections kept, none opened beyond them.
 
@@ -215,10 +371,12 @@ def build_pair(
     schema: str | None,
     *,
     transaction_pooler: bool = False,
+    timeouts: Timeouts | None = None,
 ) -> EnginePair[E]:
     """Build a family's engines from ``url`` with ``factory`` (create_engine or the async one).
 
-    ``engine_kwargs`` override the backend defaults (see engine_defaults).
+    ``engine_kwargs`` override the backend defaults (see engine_defaults) and the timeouts'
+    driver arguments (see timeout_args), which ``timeouts`` sets (None: the defaults).
     """
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         msg = (
@@ -230,9 +388,17 @@ def build_pair(
     sync_url, async_url = driver_urls(url)
     driver_url = async_url if factory is create_async_engine else sync_url
     defaults = engine_defaults(driver_url, transaction_pooler=transaction_pooler)
+    timeouts = timeouts or Timeouts()
     if "poolclass" not in engine_kwargs:
         defaults = {**POOL_DEFAULTS, **defaults}
+        if timeouts.statement is not None:
+            # A caller waits for a pooled connection no longer than for a statement.
+            defaults["pool_timeout"] = timeouts.statement
     kwargs = with_defaults(defaults, engine_kwargs)
+    given = {**driver_url.query, **kwargs.get("connect_args", {})}
+    bounds = timeout_args(driver_url, timeouts, given, transaction_pooler=transaction_pooler)
+    if bounds:
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **bounds}
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
         if transaction_pooler and writer.dialect.driver == "asyncpg":
@@ -263,6 +429,8 @@ def build_pair(
             )
     for engine in pair.owned:
         _configure(_sync_engine_of(engine))
+        if engine.dialect.driver == "pymysql" and "read_timeout" not in given:
+            _configure_pymysql_reads(_sync_engine_of(engine), timeouts.read)
     return _with_schema(pair)
 
 
