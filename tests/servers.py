@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,54 @@ def embedded_postgres(install: Path) -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.destroy()
+
+
+class Tarpit:
+    """A loopback server that accepts connections and never answers: a server that hangs.
+
+    The kernel completes each TCP handshake, so a client's connect succeeds at once; the
+    client then waits for the database's greeting (MySQL) or its answer to the startup
+    message (Postgres), which never comes. Connections are held open, never read, until
+    ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(client)
+
+    def close(self) -> None:
+        """Stop listening and drop the held connections."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for held in self._held:
+            with contextlib.suppress(OSError):
+                held.close()
+        self._held.clear()
+
+
+@contextlib.contextmanager
+def tarpit() -> Iterator[Tarpit]:
+    """A Tarpit on a spare loopback port, closed afterwards whatever happens."""
+    server = Tarpit()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def refused_port() -> int:
+    """A loopback port with nothing listening: connections to it are refused at once."""
+    return free_port()

@@ -18,8 +18,10 @@ from langchain_sqlcache import ConfigurationError, MissingEngineError, SchemaErr
 from langchain_sqlcache.engines import (
     DEFAULT_URL,
     URL_ENV_VAR,
+    Timeouts,
     driver_urls,
     engine_defaults,
+    timeout_args,
     with_defaults,
 )
 from tests.conftest import Backend, unique_namespace
@@ -353,3 +355,41 @@ async def test_schema_holds_the_tables(backend: Backend, family: str, scratch_sc
     finally:
         await cache.aclose()
         admin.dispose()
+
+
+def test_timeouts_the_user_sets_win() -> None:
+    """A timeout in the URL's query or in connect_args is the user's; options merge."""
+    psycopg_url = make_url(
+        "postgresql+psycopg://app@db/app?connect_timeout=7&options=-cwork_mem%3D8MB"
+    )
+    args = timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query))
+    assert args == {"options": "-cwork_mem=8MB -c statement_timeout=5000"}
+    own = {"options": "-c statement_timeout=0"}
+    assert timeout_args(psycopg_url, Timeouts(), own) == {"connect_timeout": 2}
+    assert timeout_args(psycopg_url, Timeouts(connect=0.5), {}) == {
+        "connect_timeout": 2,  # libpq's minimum
+        "options": "-c statement_timeout=5000",
+    }
+    asyncpg_url = make_url("postgresql+asyncpg://app@db/app")
+    given = {"server_settings": {"application_name": "app"}, "command_timeout": 60}
+    assert timeout_args(asyncpg_url, Timeouts(connect=3, statement=4), given) == {
+        "timeout": 3,
+        "server_settings": {"application_name": "app", "statement_timeout": "4000"},
+    }
+    # Behind PgBouncer no startup setting: it refuses those it does not track.
+    pooled = timeout_args(asyncpg_url, Timeouts(), {}, transaction_pooler=True)
+    assert "server_settings" not in pooled
+    assert "options" not in timeout_args(psycopg_url, Timeouts(), {}, transaction_pooler=True)
+    pymysql_url = make_url("mysql+pymysql://root@db/app")
+    pymysql_args = timeout_args(pymysql_url, Timeouts(), {"read_timeout": 30})
+    assert "read_timeout" not in pymysql_args
+    assert pymysql_args["connect_timeout"] == 2.0
+    assert pymysql_args["write_timeout"] == 6.0
+    assert "lock_wait_timeout = 5" in pymysql_args["init_command"]
+    assert timeout_args(pymysql_url, Timeouts(None, None), {}) == {}
+    assert timeout_args(make_url("sqlite:///x.db"), Timeouts(), {}) == {}
+    for bad in (0, -1, float("inf"), "5", True):
+        with pytest.raises(ConfigurationError, match="connect_timeout"):
+            SQLCache("sqlite:///x.db", connect_timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="statement_timeout"):
+            SQLCache("sqlite:///x.db", statement_timeout=bad)  # type: ignore[arg-type]

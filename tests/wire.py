@@ -38,6 +38,8 @@ class WireTap:
         self._round_trips = 0
         self._sockets: list[socket.socket] = []
         self._closed = False
+        self.tarpit = False
+        """While true, new connections are accepted and never answered (a hung server)."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -89,6 +91,9 @@ class WireTap:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.tarpit:
+                self._sockets.append(client)
+                continue
             server = socket.create_connection(self._upstream)
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
