@@ -21,6 +21,7 @@ from langchain_sqlcache.engines import (
     Timeouts,
     driver_urls,
     engine_defaults,
+    postgres_statement_timeout,
     timeout_args,
     with_defaults,
 )
@@ -358,28 +359,21 @@ async def test_schema_holds_the_tables(backend: Backend, family: str, scratch_sc
 
 
 def test_timeouts_the_user_sets_win() -> None:
-    """A timeout in the URL's query or in connect_args is the user's; options merge."""
-    psycopg_url = make_url(
-        "postgresql+psycopg://app@db/app?connect_timeout=7&options=-cwork_mem%3D8MB"
-    )
-    args = timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query))
-    assert args == {"options": "-cwork_mem=8MB -c statement_timeout=5000"}
+    """A timeout in the URL's query or in connect_args is the user's."""
+    psycopg_url = make_url("postgresql+psycopg://app@db/app?connect_timeout=7")
+    assert timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query)) == {}
+    assert timeout_args(psycopg_url, Timeouts(connect=0.5), {}) == {"connect_timeout": 2}
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}) == "SET statement_timeout = 5000"
     own = {"options": "-c statement_timeout=0"}
-    assert timeout_args(psycopg_url, Timeouts(), own) == {"connect_timeout": 2}
-    assert timeout_args(psycopg_url, Timeouts(connect=0.5), {}) == {
-        "connect_timeout": 2,  # libpq's minimum
-        "options": "-c statement_timeout=5000",
-    }
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), own) is None
+    # Behind PgBouncer in transaction mode a SET would stay on a shared server connection.
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}, transaction_pooler=True) is None
     asyncpg_url = make_url("postgresql+asyncpg://app@db/app")
-    given = {"server_settings": {"application_name": "app"}, "command_timeout": 60}
-    assert timeout_args(asyncpg_url, Timeouts(connect=3, statement=4), given) == {
-        "timeout": 3,
-        "server_settings": {"application_name": "app", "statement_timeout": "4000"},
+    assert timeout_args(asyncpg_url, Timeouts(connect=3, statement=4), {"command_timeout": 60}) == {
+        "timeout": 3
     }
-    # Behind PgBouncer no startup setting: it refuses those it does not track.
-    pooled = timeout_args(asyncpg_url, Timeouts(), {}, transaction_pooler=True)
-    assert "server_settings" not in pooled
-    assert "options" not in timeout_args(psycopg_url, Timeouts(), {}, transaction_pooler=True)
+    own_settings = {"server_settings": {"statement_timeout": "0"}}
+    assert postgres_statement_timeout(asyncpg_url, Timeouts(), own_settings) is None
     pymysql_url = make_url("mysql+pymysql://root@db/app")
     pymysql_args = timeout_args(pymysql_url, Timeouts(), {"read_timeout": 30})
     assert "read_timeout" not in pymysql_args
@@ -388,6 +382,7 @@ def test_timeouts_the_user_sets_win() -> None:
     assert "lock_wait_timeout = 5" in pymysql_args["init_command"]
     assert timeout_args(pymysql_url, Timeouts(None, None), {}) == {}
     assert timeout_args(make_url("sqlite:///x.db"), Timeouts(), {}) == {}
+    assert postgres_statement_timeout(make_url("sqlite:///x.db"), Timeouts(), {}) is None
     for bad in (0, -1, float("inf"), "5", True):
         with pytest.raises(ConfigurationError, match="connect_timeout"):
             SQLCache("sqlite:///x.db", connect_timeout=bad)  # type: ignore[arg-type]

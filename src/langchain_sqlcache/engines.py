@@ -185,48 +185,29 @@ def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, 
     return {}
 
 
-def timeout_args(
-    url: URL,
-    timeouts: Timeouts,
-    given: dict[str, Any],
-    *,
-    transaction_pooler: bool = False,
-) -> dict[str, Any]:
+def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[str, Any]:
     """The driver's connect arguments that bound connecting and each statement.
 
     ``url`` names the driver; ``given`` is what the user passed already (the URL's query and
-    ``connect_args``): a timeout the user set is theirs, and an ``options`` or
-    ``server_settings`` of theirs is kept, ours added to it. Behind a transaction pooler no
-    server setting is sent at connect time (PgBouncer refuses startup parameters it does
-    not track, and a SET would stay on a server connection other clients share): set
-    ``statement_timeout`` on the role or the pooler's ``query_timeout`` instead.
+    ``connect_args``): a timeout the user set there is theirs. The Postgres statement
+    timeout is set once a connection is open (see postgres_statement_timeout).
     """
-    connect, statement, read = timeouts.connect, timeouts.statement, timeouts.read
+    connect, read = timeouts.connect, timeouts.read
     driver = url.get_driver_name()
     args: dict[str, Any] = {}
-    if driver in ("psycopg", "psycopg_async"):
-        if connect is not None:
-            # libpq counts whole seconds, at least 2; psycopg applies it to the whole
-            # connection, login included.
-            args["connect_timeout"] = max(2, math.ceil(connect))
-        options = str(given.get("options", ""))
-        if statement is not None and not transaction_pooler and "statement_timeout" not in options:
-            args["options"] = f"{options} -c statement_timeout={_milliseconds(statement)}".strip()
+    if driver in ("psycopg", "psycopg_async") and connect is not None:
+        # libpq counts whole seconds, at least 2; psycopg applies it to the whole
+        # connection, login included.
+        args["connect_timeout"] = max(2, math.ceil(connect))
     elif driver == "asyncpg":
         # asyncpg bounds the whole connection (login included) and, on the client side,
         # each statement: the bound for a server that stops answering mid-statement.
         args["timeout"] = connect
         args["command_timeout"] = read
-        settings = dict(given.get("server_settings") or {})
-        if statement is not None and not transaction_pooler and "statement_timeout" not in settings:
-            args["server_settings"] = {
-                **settings,
-                "statement_timeout": str(_milliseconds(statement)),
-            }
     elif driver in ("pymysql", "aiomysql"):
         args["connect_timeout"] = connect
-        if statement is not None:
-            args["init_command"] = _mysql_session_timeouts(statement)
+        if timeouts.statement is not None:
+            args["init_command"] = _mysql_session_timeouts(timeouts.statement)
         if driver == "pymysql":
             # PyMySQL's connect_timeout covers the TCP connect alone and its read_timeout
             # every read, the handshake's included: the handshake gets the connect timeout,
@@ -237,11 +218,39 @@ def timeout_args(
             # aiomysql has no read timeout at all: the handshake is bounded here, and a
             # statement by the async path's own deadline.
             args["async_creator_fn"] = _aiomysql_connect_within(connect)
-    return {
-        key: value
-        for key, value in args.items()
-        if value is not None and (key in ("options", "server_settings") or key not in given)
-    }
+    return {key: value for key, value in args.items() if value is not None and key not in given}
+
+
+def postgres_statement_timeout(
+    url: URL, timeouts: Timeouts, given: dict[str, Any], *, transaction_pooler: bool = False
+) -> str | None:
+    """The SET that gives a new Postgres connection its statement timeout, if it needs one.
+
+    Run once a connection is open, not sent as a startup parameter (``options``,
+    ``server_settings``): PgBouncer, in any mode, refuses the startup parameters it does not
+    track. Behind a transaction pooler nothing is set (the SET would stay on a server
+    connection other clients share): set ``statement_timeout`` on the role or the pooler's
+    ``query_timeout`` instead. A statement_timeout in the user's ``options`` or
+    ``server_settings`` is theirs.
+    """
+    if url.get_backend_name() != "postgresql" or timeouts.statement is None or transaction_pooler:
+        return None
+    if "statement_timeout" in f"{given.get('options', '')} {given.get('server_settings', '')}":
+        return None
+    return f"SET statement_timeout = {_milliseconds(timeouts.statement)}"
+
+
+def _configure_session(engine: Engine, statement: str) -> None:
+    def set_up(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        # A session setting outlives the transaction the driver may have opened for it.
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", set_up)
 
 
 def _milliseconds(seconds: float) -> int:
@@ -396,7 +405,10 @@ def build_pair(
             defaults["pool_timeout"] = timeouts.statement
     kwargs = with_defaults(defaults, engine_kwargs)
     given = {**driver_url.query, **kwargs.get("connect_args", {})}
-    bounds = timeout_args(driver_url, timeouts, given, transaction_pooler=transaction_pooler)
+    bounds = timeout_args(driver_url, timeouts, given)
+    session = postgres_statement_timeout(
+        driver_url, timeouts, given, transaction_pooler=transaction_pooler
+    )
     if bounds:
         kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **bounds}
     with _driver_required(url):
@@ -429,6 +441,8 @@ def build_pair(
             )
     for engine in pair.owned:
         _configure(_sync_engine_of(engine))
+        if session is not None:
+            _configure_session(_sync_engine_of(engine), session)
         if engine.dialect.driver == "pymysql" and "read_timeout" not in given:
             _configure_pymysql_reads(_sync_engine_of(engine), timeouts.read)
     return _with_schema(pair)
