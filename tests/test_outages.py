@@ -100,15 +100,22 @@ async def test_later_operations_cost_microseconds_while_the_server_is_down(
 ) -> None:
     with dead_server(backend, outage) as url:
         cache = SQLCache(url, namespace=unique_namespace())
+        lookups: list[float] = []
+        updates: list[float] = []
         try:
             first = await timed_miss(cache, family)
-            lookups = [await timed_miss(cache, family) for _ in range(LATER_OPERATIONS)]
-            updates = [await timed_no_op(cache, family) for _ in range(LATER_OPERATIONS)]
+            # Checked as they go: without a breaker each costs what the first did.
+            for _ in range(LATER_OPERATIONS):
+                lookups.append(await timed_miss(cache, family))
+                updates.append(await timed_no_op(cache, family))
+                if max(lookups[-1], updates[-1]) >= LATER_OPERATION_BOUND:
+                    break
         finally:
             await cache.aclose()
     print(
-        f"\n{outage} {driver(backend, family)}: first {first * 1000:.0f} ms, then lookups "
-        f"max {max(lookups) * 1e6:.0f} us, updates max {max(updates) * 1e6:.0f} us"
+        f"\n{outage} {driver(backend, family)}: first {first * 1000:.0f} ms, then "
+        f"{len(lookups)} lookups max {max(lookups) * 1e6:.0f} us, "
+        f"updates max {max(updates) * 1e6:.0f} us"
     )
     assert max(lookups) < LATER_OPERATION_BOUND
     assert max(updates) < LATER_OPERATION_BOUND
