@@ -35,7 +35,7 @@ from tests.helpers import get, put
 from tests.servers import refused_port, tarpit
 from tests.wire import WireTap
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+servers = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 
 LLM = "outage-llm"
 VALUE = [Generation(text="kept")]
@@ -75,6 +75,7 @@ async def timed_no_op(cache: SQLCache, family: str) -> float:
     return time.perf_counter() - started
 
 
+@servers
 @pytest.mark.parametrize("outage", OUTAGES)
 async def test_the_first_operation_against_a_dead_server_is_bounded(
     backend: Backend, family: str, outage: str
@@ -94,6 +95,7 @@ async def test_the_first_operation_against_a_dead_server_is_bounded(
     assert update < FIRST_OPERATION_BOUND
 
 
+@servers
 @pytest.mark.parametrize("outage", OUTAGES)
 async def test_later_operations_cost_microseconds_while_the_server_is_down(
     backend: Backend, family: str, outage: str
@@ -121,6 +123,7 @@ async def test_later_operations_cost_microseconds_while_the_server_is_down(
     assert max(updates) < LATER_OPERATION_BOUND
 
 
+@servers
 @pytest.mark.parametrize("outage", OUTAGES)
 async def test_operations_succeed_again_when_the_server_returns(
     backend: Backend, family: str, outage: str
@@ -167,6 +170,7 @@ EXPECTED = {"postgresql": ("1500ms",), "mysql": (2, 2, 1.5)}
 SLEEP = {"postgresql": "SELECT pg_sleep(3)", "mysql": "SELECT SLEEP(3)"}
 
 
+@servers
 async def test_the_server_bounds_each_statement(backend: Backend, family: str) -> None:
     """Both engines of a family carry the statement timeout, and the server enforces it."""
     cache = SQLCache(backend.url, namespace=unique_namespace(), statement_timeout=1.5)
@@ -185,6 +189,11 @@ async def test_the_server_bounds_each_statement(backend: Backend, family: str) -
             with contextlib.suppress(DBAPIError):
                 await run_on(engine, family, SLEEP[backend.name])
             assert time.perf_counter() - started < 2.5
+            if engine.dialect.driver == "pymysql":
+                # The handshake read under the connect timeout, later reads under this one.
+                with engine.connect() as connection:
+                    driver_connection = connection.connection.driver_connection
+                    assert getattr(driver_connection, "_read_timeout", None) == 2.5
     finally:
         await cache.aclose()
 
@@ -198,3 +207,38 @@ async def run_on(engine: Engine, family: str, statement: str) -> tuple[Any, ...]
         async with AsyncEngine(engine).connect() as async_connection:
             row = (await async_connection.execute(text(statement))).one()
     return tuple(row)
+
+
+@servers
+async def test_a_server_that_stops_answering_mid_statement_costs_the_read_timeout(
+    backend: Backend,
+) -> None:
+    """asyncpg (command_timeout) and PyMySQL (read_timeout, once the handshake is done).
+
+    psycopg and aiomysql have no client-side bound on a statement: against a server whose
+    kernel still acknowledges (a frozen process) only the async path's own deadline, or
+    none, stops them; Postgres' statement_timeout and MariaDB's max_statement_time cover a
+    server that runs but is slow.
+    """
+    family = "async" if backend.name == "postgresql" else "sync"  # asyncpg, PyMySQL
+    tap = WireTap(backend.url)
+    cache = SQLCache(tap.url, namespace=unique_namespace(), statement_timeout=1.0)
+    try:
+        await put(cache, family, "p", LLM, VALUE)
+        assert await get(cache, family, "p", LLM) == VALUE
+        tap.stalled = True
+        started = time.perf_counter()
+        assert await get(cache, family, "p", LLM) is None
+        stalled = time.perf_counter() - started
+        print(
+            f"\nstalled {driver(backend, family)}: a lookup gave up after {stalled * 1000:.0f} ms"
+        )
+        # The read timeout (statement_timeout + 1 s), and the connect timeouts of retries
+        # against the same stalled proxy: bounded, where it used to be forever.
+        assert stalled < 30
+        tap.stalled = False
+    finally:
+        tap.stalled = False
+        await cache.aclear()
+        await cache.aclose()
+        tap.close()

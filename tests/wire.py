@@ -40,6 +40,8 @@ class WireTap:
         self._closed = False
         self.tarpit = False
         """While true, new connections are accepted and never answered (a hung server)."""
+        self.stalled = False
+        """While true, what the server sends is dropped: a server that stops mid-statement."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -115,7 +117,8 @@ class WireTap:
                     if from_client and state["server_spoke"]:
                         self._round_trips += 1
                     state["server_spoke"] = not from_client
-                sink.sendall(data)
+                if not (self.stalled and not from_client):
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
