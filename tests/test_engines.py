@@ -361,8 +361,13 @@ async def test_schema_holds_the_tables(backend: Backend, family: str, scratch_sc
 def test_timeouts_the_user_sets_win() -> None:
     """A timeout in the URL's query or in connect_args is the user's."""
     psycopg_url = make_url("postgresql+psycopg://app@db/app?connect_timeout=7")
-    assert timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query)) == {}
-    assert timeout_args(psycopg_url, Timeouts(connect=0.5), {}) == {"connect_timeout": 2}
+    assert "connect_timeout" not in timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query))
+    assert timeout_args(psycopg_url, Timeouts(connect=0.5, statement=None), {}) == {
+        "connect_timeout": 2  # libpq's minimum
+    }
+    keepalives = timeout_args(psycopg_url, Timeouts(), {"keepalives_count": 9})
+    assert keepalives["keepalives_idle"] == 6
+    assert "keepalives_count" not in keepalives
     assert postgres_statement_timeout(psycopg_url, Timeouts(), {}) == "SET statement_timeout = 5000"
     own = {"options": "-c statement_timeout=0"}
     assert postgres_statement_timeout(psycopg_url, Timeouts(), own) is None

@@ -195,10 +195,23 @@ def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[st
     connect, read = timeouts.connect, timeouts.read
     driver = url.get_driver_name()
     args: dict[str, Any] = {}
-    if driver in ("psycopg", "psycopg_async") and connect is not None:
-        # libpq counts whole seconds, at least 2; psycopg applies it to the whole
-        # connection, login included.
-        args["connect_timeout"] = max(2, math.ceil(connect))
+    if driver in ("psycopg", "psycopg_async"):
+        if connect is not None:
+            # libpq counts whole seconds, at least 2; psycopg applies it to the whole
+            # connection, login included.
+            args["connect_timeout"] = max(2, math.ceil(connect))
+        if read is not None:
+            # libpq has no client-side bound on a statement. A server host that vanished
+            # mid-statement (a failover, a partition) would hold the connection forever,
+            # since nothing is being sent; keepalive probes find it gone within about
+            # read + 3 s. (A frozen server process whose kernel still answers them is not
+            # found: see the async path's deadline.)
+            args.update(
+                keepalives=1,
+                keepalives_idle=math.ceil(read),
+                keepalives_interval=1,
+                keepalives_count=3,
+            )
     elif driver == "asyncpg":
         # asyncpg bounds the whole connection (login included) and, on the client side,
         # each statement: the bound for a server that stops answering mid-statement.
@@ -400,8 +413,9 @@ def build_pair(
     timeouts = timeouts or Timeouts()
     if "poolclass" not in engine_kwargs:
         defaults = {**POOL_DEFAULTS, **defaults}
-        if timeouts.statement is not None:
-            # A caller waits for a pooled connection no longer than for a statement.
+        if timeouts.statement is not None and url.get_backend_name() != "sqlite":
+            # A caller waits for a pooled connection no longer than for a statement (SQLite's
+            # writers wait out its busy timeout, holding theirs: its pool keeps the default).
             defaults["pool_timeout"] = timeouts.statement
     kwargs = with_defaults(defaults, engine_kwargs)
     given = {**driver_url.query, **kwargs.get("connect_args", {})}
