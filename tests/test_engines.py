@@ -21,6 +21,7 @@ from langchain_sqlcache.engines import (
     Timeouts,
     driver_urls,
     engine_defaults,
+    async_deadline,
     postgres_statement_timeout,
     timeout_args,
     with_defaults,
@@ -393,3 +394,12 @@ def test_timeouts_the_user_sets_win() -> None:
             SQLCache("sqlite:///x.db", connect_timeout=bad)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="statement_timeout"):
             SQLCache("sqlite:///x.db", statement_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_the_async_deadline_is_for_drivers_without_a_read_timeout() -> None:
+    """aiomysql and async psycopg bound no statement: the async path's deadline does."""
+    assert async_deadline(make_url("mysql+aiomysql://root@db/app"), Timeouts()) == 8.0
+    assert async_deadline(make_url("postgresql+psycopg_async://app@db/app"), Timeouts(3, 1)) == 5.0
+    assert async_deadline(make_url("postgresql+asyncpg://app@db/app"), Timeouts()) is None
+    assert async_deadline(make_url("mysql+aiomysql://root@db/app"), Timeouts(2, None)) is None
+    assert SQLCache("mysql://root@127.0.0.1:9/app")._async_deadline == 8.0

@@ -26,7 +26,9 @@ from langchain_sqlcache.engines import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     EnginePair,
     Timeouts,
+    async_deadline,
     build_pair,
+    driver_urls,
     given_pair,
     resolve_url,
 )
@@ -238,6 +240,12 @@ class SQLCache(BaseCache):
                 timeouts=timeouts,
             )
             self._async_engines = self._build_async_pair()
+        # The bound the async path puts on one attempt where the driver has none (aiomysql).
+        self._async_deadline = (
+            async_deadline(driver_urls(parsed)[1], timeouts)
+            if parsed is not None and async_engine is None
+            else None
+        )
         self._escaped_namespace = escape_text(namespace)
         self._ready_lock = threading.Lock()
         self._engines_ready = False

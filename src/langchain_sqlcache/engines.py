@@ -234,6 +234,19 @@ def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[st
     return {key: value for key, value in args.items() if value is not None and key not in given}
 
 
+def async_deadline(url: URL, timeouts: Timeouts) -> float | None:
+    """How long one async attempt may take, for drivers with no client-side statement bound.
+
+    aiomysql has no read timeout, and psycopg's async connection none either: against a
+    server that stops answering mid-statement only a deadline around the attempt
+    (``asyncio.timeout``) returns. None for drivers that bound it themselves (asyncpg's
+    command_timeout) or when the statement timeout is off.
+    """
+    if timeouts.read is None or url.get_driver_name() not in ("aiomysql", "psycopg_async"):
+        return None
+    return (timeouts.connect or 0.0) + timeouts.read
+
+
 def postgres_statement_timeout(
     url: URL, timeouts: Timeouts, given: dict[str, Any], *, transaction_pooler: bool = False
 ) -> str | None:
