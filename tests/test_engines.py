@@ -18,8 +18,12 @@ from langchain_sqlcache import ConfigurationError, MissingEngineError, SchemaErr
 from langchain_sqlcache.engines import (
     DEFAULT_URL,
     URL_ENV_VAR,
+    Timeouts,
+    async_deadline,
     driver_urls,
     engine_defaults,
+    postgres_statement_timeout,
+    timeout_args,
     with_defaults,
 )
 from tests.conftest import Backend, unique_namespace
@@ -353,3 +357,49 @@ async def test_schema_holds_the_tables(backend: Backend, family: str, scratch_sc
     finally:
         await cache.aclose()
         admin.dispose()
+
+
+def test_timeouts_the_user_sets_win() -> None:
+    """A timeout in the URL's query or in connect_args is the user's."""
+    psycopg_url = make_url("postgresql+psycopg://app@db/app?connect_timeout=7")
+    assert "connect_timeout" not in timeout_args(psycopg_url, Timeouts(), dict(psycopg_url.query))
+    assert timeout_args(psycopg_url, Timeouts(connect=0.5, statement=None), {}) == {
+        "connect_timeout": 2  # libpq's minimum
+    }
+    keepalives = timeout_args(psycopg_url, Timeouts(), {"keepalives_count": 9})
+    assert keepalives["keepalives_idle"] == 6
+    assert "keepalives_count" not in keepalives
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}) == "SET statement_timeout = 5000"
+    own = {"options": "-c statement_timeout=0"}
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), own) is None
+    # Behind PgBouncer in transaction mode a SET would stay on a shared server connection.
+    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}, transaction_pooler=True) is None
+    asyncpg_url = make_url("postgresql+asyncpg://app@db/app")
+    assert timeout_args(asyncpg_url, Timeouts(connect=3, statement=4), {"command_timeout": 60}) == {
+        "timeout": 3
+    }
+    own_settings = {"server_settings": {"statement_timeout": "0"}}
+    assert postgres_statement_timeout(asyncpg_url, Timeouts(), own_settings) is None
+    pymysql_url = make_url("mysql+pymysql://root@db/app")
+    pymysql_args = timeout_args(pymysql_url, Timeouts(), {"read_timeout": 30})
+    assert "read_timeout" not in pymysql_args
+    assert pymysql_args["connect_timeout"] == 2.0
+    assert pymysql_args["write_timeout"] == 6.0
+    assert "lock_wait_timeout = 5" in pymysql_args["init_command"]
+    assert timeout_args(pymysql_url, Timeouts(None, None), {}) == {}
+    assert timeout_args(make_url("sqlite:///x.db"), Timeouts(), {}) == {}
+    assert postgres_statement_timeout(make_url("sqlite:///x.db"), Timeouts(), {}) is None
+    for bad in (0, -1, float("inf"), "5", True):
+        with pytest.raises(ConfigurationError, match="connect_timeout"):
+            SQLCache("sqlite:///x.db", connect_timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="statement_timeout"):
+            SQLCache("sqlite:///x.db", statement_timeout=bad)  # type: ignore[arg-type]
+
+
+def test_the_async_deadline_is_for_drivers_without_a_read_timeout() -> None:
+    """aiomysql and async psycopg bound no statement: the async path's deadline does."""
+    assert async_deadline(make_url("mysql+aiomysql://root@db/app"), Timeouts()) == 8.0
+    assert async_deadline(make_url("postgresql+psycopg_async://app@db/app"), Timeouts(3, 1)) == 5.0
+    assert async_deadline(make_url("postgresql+asyncpg://app@db/app"), Timeouts()) is None
+    assert async_deadline(make_url("mysql+aiomysql://root@db/app"), Timeouts(2, None)) is None
+    assert SQLCache("mysql://root@127.0.0.1:9/app")._async_deadline == 8.0

@@ -44,6 +44,8 @@ def test_constructor_signature() -> None:
         "on_error",
         "key_secret",
         "transaction_pooler",
+        "connect_timeout",
+        "statement_timeout",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -38,6 +38,10 @@ class WireTap:
         self._round_trips = 0
         self._sockets: list[socket.socket] = []
         self._closed = False
+        self.tarpit = False
+        """While true, new connections are accepted and never answered (a hung server)."""
+        self.stalled = False
+        """While true, what the server sends is dropped: a server that stops mid-statement."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -89,6 +93,9 @@ class WireTap:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.tarpit:
+                self._sockets.append(client)
+                continue
             server = socket.create_connection(self._upstream)
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -110,7 +117,8 @@ class WireTap:
                     if from_client and state["server_spoke"]:
                         self._round_trips += 1
                     state["server_spoke"] = not from_client
-                sink.sendall(data)
+                if not (self.stalled and not from_client):
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

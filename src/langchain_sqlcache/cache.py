@@ -22,12 +22,23 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
-from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
+from langchain_sqlcache.engines import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    EnginePair,
+    Timeouts,
+    async_deadline,
+    build_pair,
+    driver_urls,
+    given_pair,
+    resolve_url,
+)
 from langchain_sqlcache.errors import (
     ConfigurationError,
     MissingEngineError,
     SchemaError,
     checked_identifier,
+    configuration_error,
     is_transient,
 )
 from langchain_sqlcache.failsafe import (
@@ -153,6 +164,16 @@ class SQLCache(BaseCache):
             transaction mode: psycopg and asyncpg then use no named prepared statement that a
             later transaction, served by another server connection, would miss or find taken.
             Run migrations against Postgres itself.
+        connect_timeout: Seconds the engines built from ``url`` wait for a new connection,
+            login included (None: the driver's default, which may be forever). Postgres
+            counts whole seconds, at least 2.
+        statement_timeout: Seconds one of the cache's statements may run or wait for a lock
+            on the server (Postgres' statement_timeout; on MySQL/MariaDB the lock waits, and
+            MariaDB's max_statement_time), and one second more for the client to wait for
+            an answer before giving up on the connection (None: no bound). Engines passed
+            as ``engine=``/``async_engine=`` are left as they are, and migrations run by
+            ``langchain-sqlcache db upgrade`` get no statement timeout. A timeout the URL or
+            ``connect_args`` sets wins.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -176,6 +197,8 @@ class SQLCache(BaseCache):
         on_error: Literal["warn", "raise"] = "warn",
         key_secret: str | bytes | None = None,
         transaction_pooler: bool = False,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
         **engine_kwargs: Any,
     ) -> None:
         namespace = checked_namespace(namespace)
@@ -198,6 +221,7 @@ class SQLCache(BaseCache):
             msg = f"on_error must be 'warn' or 'raise', not {on_error!r}"
             raise ConfigurationError(msg)
         self.on_error = on_error
+        timeouts = Timeouts(connect=connect_timeout, statement=statement_timeout)
         self._failures = FailureLog()
         self._failsafe = Failsafe(on_error, self._failures)
         self._hits = HitBuffer() if record_hits else None
@@ -211,7 +235,12 @@ class SQLCache(BaseCache):
             self._engines = given_pair(engine, schema)
         elif parsed is not None:
             self._engines = build_pair(
-                create_engine, parsed, engine_kwargs, schema, transaction_pooler=transaction_pooler
+                create_engine,
+                parsed,
+                engine_kwargs,
+                schema,
+                transaction_pooler=transaction_pooler,
+                timeouts=timeouts,
             )
         # Async drivers bind a connection to the event loop that opened it, so the async
         # pools this cache builds are per loop (see _loop_engines); the first is built here so
@@ -227,8 +256,15 @@ class SQLCache(BaseCache):
                 dict(engine_kwargs),
                 schema,
                 transaction_pooler=transaction_pooler,
+                timeouts=timeouts,
             )
             self._async_engines = self._build_async_pair()
+        # The bound the async path puts on one attempt where the driver has none (aiomysql).
+        self._async_deadline = (
+            async_deadline(driver_urls(parsed)[1], timeouts)
+            if parsed is not None and async_engine is None
+            else None
+        )
         self._escaped_namespace = escape_text(namespace)
         # One breaker per database server: a cache built from one URL has one for both
         # families; engines of different servers (given ones) fail apart.
@@ -494,7 +530,11 @@ class SQLCache(BaseCache):
         if not self._engines_ready:
             with self._ready_lock:
                 if not self._engines_ready:
-                    _check_schema(self._engines, self.schema, self.create_tables)
+                    try:
+                        _check_schema(self._engines, self.schema, self.create_tables)
+                    except Exception as exc:
+                        _raise_if_refused(exc, self._engines.writer.url)
+                        raise
                     self._engines_ready = True
         return self._engines
 
@@ -510,9 +550,17 @@ class SQLCache(BaseCache):
             # Tasks that race here each run the check (the migration itself serializes on a
             # database lock); no lock is held across an await, so the cache stays usable from
             # successive event loops.
-            await greenlet_spawn(
-                _check_schema, engines.sync, self.schema, self.create_tables, _require_await=False
-            )
+            try:
+                await greenlet_spawn(
+                    _check_schema,
+                    engines.sync,
+                    self.schema,
+                    self.create_tables,
+                    _require_await=False,
+                )
+            except Exception as exc:
+                _raise_if_refused(exc, engines.writer.url)
+                raise
             self._async_engines_ready = True
         return engines
 
@@ -706,6 +754,17 @@ def _breakers(
     ]
     breaker = CircuitBreaker(names[0])
     return breaker, breaker if servers[0] == servers[1] else CircuitBreaker(names[1])
+
+
+def _raise_if_refused(exc: Exception, url: URL) -> None:
+    """Raise a ConfigurationError, the driver's error chained, for a login or database refused.
+
+    Found at the first use of each family's engines, the first time they connect: the same
+    one-line error on all six drivers, under both failure policies.
+    """
+    error = configuration_error(exc, url)
+    if error is not None:
+        raise error from exc
 
 
 def _now() -> datetime:

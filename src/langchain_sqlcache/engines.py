@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import sqlite3
 import time
@@ -33,6 +35,54 @@ URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 SQLITE_WAL_RETRY_SECONDS = 0.01
 DEFAULT_URL = "sqlite:///.langchain_cache.db"
+
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 2.0
+"""How long the cache's engines wait for a new connection, handshake and login included.
+
+A connection on a LAN takes milliseconds, one across a region with TLS a few hundred; 2 s
+is libpq's minimum, and what a model call (seconds) can afford to lose to a dead server once
+before the failure policy turns the lookup into a miss."""
+
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 5.0
+"""How long one of the cache's statements may run (or wait for a lock) on the server.
+
+A lookup or an update takes milliseconds; a statement still running after 5 s is stuck
+behind a lock or on a sick server, and waiting longer only delays the model call it sits in
+front of. stats() and pruning scan a namespace: over millions of entries they may need more
+(``statement_timeout=`` raises it, None removes it)."""
+
+CLIENT_TIMEOUT_GRACE_SECONDS = 1.0
+"""How much longer the client waits for an answer than the server lets a statement run.
+
+The server's own timeout cancels the statement and keeps the connection; the client's
+(a read timeout) is the bound for a server that stopped answering altogether, and costs the
+connection."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The connect and statement timeouts of the engines a cache builds (None: none)."""
+
+    connect: float | None = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    statement: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("connect_timeout", self.connect),
+            ("statement_timeout", self.statement),
+        ):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf
+            ):
+                msg = f"{name} must be a positive number of seconds or None, not {value!r}"
+                raise ConfigurationError(msg)
+
+    @property
+    def read(self) -> float | None:
+        """The client-side bound on waiting for an answer (see CLIENT_TIMEOUT_GRACE_SECONDS)."""
+        return None if self.statement is None else self.statement + CLIENT_TIMEOUT_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -135,6 +185,147 @@ def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, 
     return {}
 
 
+def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[str, Any]:
+    """The driver's connect arguments that bound connecting and each statement.
+
+    ``url`` names the driver; ``given`` is what the user passed already (the URL's query and
+    ``connect_args``): a timeout the user set there is theirs. The Postgres statement
+    timeout is set once a connection is open (see postgres_statement_timeout).
+    """
+    connect, read = timeouts.connect, timeouts.read
+    driver = url.get_driver_name()
+    args: dict[str, Any] = {}
+    if driver in ("psycopg", "psycopg_async"):
+        if connect is not None:
+            # libpq counts whole seconds, at least 2; psycopg applies it to the whole
+            # connection, login included.
+            args["connect_timeout"] = max(2, math.ceil(connect))
+        if read is not None:
+            # libpq has no client-side bound on a statement. A server host that vanished
+            # mid-statement (a failover, a partition) would hold the connection forever,
+            # since nothing is being sent; keepalive probes find it gone within about
+            # read + 3 s. (A frozen server process whose kernel still answers them is not
+            # found: see the async path's deadline.)
+            args.update(
+                keepalives=1,
+                keepalives_idle=math.ceil(read),
+                keepalives_interval=1,
+                keepalives_count=3,
+            )
+    elif driver == "asyncpg":
+        # asyncpg bounds the whole connection (login included) and, on the client side,
+        # each statement: the bound for a server that stops answering mid-statement.
+        args["timeout"] = connect
+        args["command_timeout"] = read
+    elif driver in ("pymysql", "aiomysql"):
+        args["connect_timeout"] = connect
+        if timeouts.statement is not None:
+            args["init_command"] = _mysql_session_timeouts(timeouts.statement)
+        if driver == "pymysql":
+            # PyMySQL's connect_timeout covers the TCP connect alone and its read_timeout
+            # every read, the handshake's included: the handshake gets the connect timeout,
+            # and _configure_pymysql_reads gives later reads the statement's.
+            args["read_timeout"] = connect if connect is not None else read
+            args["write_timeout"] = read
+        elif connect is not None:
+            # aiomysql has no read timeout at all: the handshake is bounded here, and a
+            # statement by the async path's own deadline.
+            args["async_creator_fn"] = _aiomysql_connect_within(connect)
+    return {key: value for key, value in args.items() if value is not None and key not in given}
+
+
+def async_deadline(url: URL, timeouts: Timeouts) -> float | None:
+    """How long one async attempt may take, for drivers with no client-side statement bound.
+
+    aiomysql has no read timeout, and psycopg's async connection none either: against a
+    server that stops answering mid-statement only a deadline around the attempt
+    (``asyncio.timeout``) returns. None for drivers that bound it themselves (asyncpg's
+    command_timeout) or when the statement timeout is off.
+    """
+    if timeouts.read is None or url.get_driver_name() not in ("aiomysql", "psycopg_async"):
+        return None
+    return (timeouts.connect or 0.0) + timeouts.read
+
+
+def postgres_statement_timeout(
+    url: URL, timeouts: Timeouts, given: dict[str, Any], *, transaction_pooler: bool = False
+) -> str | None:
+    """The SET that gives a new Postgres connection its statement timeout, if it needs one.
+
+    Run once a connection is open, not sent as a startup parameter (``options``,
+    ``server_settings``): PgBouncer, in any mode, refuses the startup parameters it does not
+    track. Behind a transaction pooler nothing is set (the SET would stay on a server
+    connection other clients share): set ``statement_timeout`` on the role or the pooler's
+    ``query_timeout`` instead. A statement_timeout in the user's ``options`` or
+    ``server_settings`` is theirs.
+    """
+    if url.get_backend_name() != "postgresql" or timeouts.statement is None or transaction_pooler:
+        return None
+    if "statement_timeout" in f"{given.get('options', '')} {given.get('server_settings', '')}":
+        return None
+    return f"SET statement_timeout = {_milliseconds(timeouts.statement)}"
+
+
+def _configure_session(engine: Engine, statement: str) -> None:
+    def set_up(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+        # A session setting outlives the transaction the driver may have opened for it.
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", set_up)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _mysql_session_timeouts(statement: float) -> str:
+    """The SET that bounds a MySQL session's waits, run once per new connection.
+
+    MySQL has no statement timeout for writes; what holds a cache's statement on the server
+    is a lock (a row's, or a table's metadata lock during a migration, which waits a year by
+    default). MariaDB has one (max_statement_time), in a comment that only MariaDB runs.
+    """
+    seconds = max(1, math.ceil(statement))
+    return (
+        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+        f" /*M! , max_statement_time = {statement:g} */"
+    )
+
+
+def _aiomysql_connect_within(seconds: float) -> Callable[..., Any]:
+    async def connect_within(*args: Any, **kwargs: Any) -> Any:
+        import aiomysql  # an optional driver, imported when a connection is opened
+        from pymysql.err import OperationalError
+
+        try:
+            return await asyncio.wait_for(aiomysql.connect(*args, **kwargs), seconds)
+        except TimeoutError as exc:
+            # PyMySQL's code and words for it: the same error on both MySQL drivers.
+            host = kwargs.get("host", "localhost")
+            msg = f"Can't connect to MySQL server on {host!r} (timed out after {seconds:g} s)"
+            raise OperationalError(2003, msg) from exc
+
+    return connect_within
+
+
+def _configure_pymysql_reads(engine: Engine, read_timeout: float | None) -> None:
+    """Give a PyMySQL connection's reads the statement's bound once its handshake is done.
+
+    PyMySQL takes a single read timeout, for the handshake and every statement alike, and
+    has no public way to change it afterwards: the attribute its reads consult is set here.
+    """
+
+    def after_handshake(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection._read_timeout = read_timeout
+
+    event.listen(engine, "connect", after_handshake)
+
+
 POOL_DEFAULTS: dict[str, Any] = {"pool_size": 15, "max_overflow": 0}
 """The pool of an engine the cache builds: 15 connections kept, none opened beyond them.
 
@@ -215,10 +406,12 @@ def build_pair(
     schema: str | None,
     *,
     transaction_pooler: bool = False,
+    timeouts: Timeouts | None = None,
 ) -> EnginePair[E]:
     """Build a family's engines from ``url`` with ``factory`` (create_engine or the async one).
 
-    ``engine_kwargs`` override the backend defaults (see engine_defaults).
+    ``engine_kwargs`` override the backend defaults (see engine_defaults) and the timeouts'
+    driver arguments (see timeout_args), which ``timeouts`` sets (None: the defaults).
     """
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         msg = (
@@ -230,9 +423,21 @@ def build_pair(
     sync_url, async_url = driver_urls(url)
     driver_url = async_url if factory is create_async_engine else sync_url
     defaults = engine_defaults(driver_url, transaction_pooler=transaction_pooler)
+    timeouts = timeouts or Timeouts()
     if "poolclass" not in engine_kwargs:
         defaults = {**POOL_DEFAULTS, **defaults}
+        if timeouts.statement is not None and url.get_backend_name() != "sqlite":
+            # A caller waits for a pooled connection no longer than for a statement (SQLite's
+            # writers wait out its busy timeout, holding theirs: its pool keeps the default).
+            defaults["pool_timeout"] = timeouts.statement
     kwargs = with_defaults(defaults, engine_kwargs)
+    given = {**driver_url.query, **kwargs.get("connect_args", {})}
+    bounds = timeout_args(driver_url, timeouts, given)
+    session = postgres_statement_timeout(
+        driver_url, timeouts, given, transaction_pooler=transaction_pooler
+    )
+    if bounds:
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **bounds}
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
         if transaction_pooler and writer.dialect.driver == "asyncpg":
@@ -263,6 +468,10 @@ def build_pair(
             )
     for engine in pair.owned:
         _configure(_sync_engine_of(engine))
+        if session is not None:
+            _configure_session(_sync_engine_of(engine), session)
+        if engine.dialect.driver == "pymysql" and "read_timeout" not in given:
+            _configure_pymysql_reads(_sync_engine_of(engine), timeouts.read)
     return _with_schema(pair)
 
 

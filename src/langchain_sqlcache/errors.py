@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
 
 
 class SQLCacheError(Exception):
@@ -97,8 +99,62 @@ TRANSIENT_MYSQL_CODES = frozenset(
 TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database is busy")
 
 
+# A login or a database the server refuses: no retry fixes them, and under "warn" they would
+# pass for a cache that never hits. SQLSTATE 28P01 (wrong password), 28000 (no such role, no
+# pg_hba.conf entry), 3D000 (no such database); MySQL's 1045 (access denied: user or
+# password), 1044 (no rights on the database), 1049 (unknown database).
+CONFIGURATION_SQLSTATES = frozenset({"28P01", "28000", "3D000"})
+CONFIGURATION_MYSQL_CODES = frozenset({1044, 1045, 1049})
+# psycopg reports a refused login with libpq's message alone, without its SQLSTATE: the
+# server's words for the same three cases.
+REFUSED_LOGIN_MESSAGE = re.compile(
+    r'FATAL:\s+((?:password authentication failed|no pg_hba\.conf entry|role "|database ")'
+    r"[^\n]*)"
+)
+
+SQLITE_CANNOT_OPEN = "unable to open database file"
+
+
+def configuration_error(exc: BaseException, url: URL | None = None) -> ConfigurationError | None:
+    """Return a one-line ConfigurationError if ``exc`` is a login or database refused.
+
+    Wrong credentials, a role or user that does not exist, a missing database, on any of
+    the six drivers; None for anything else. The line names the URL without its password;
+    the caller chains ``exc`` (``raise error from exc``).
+    """
+    reason = next(filter(None, map(_refused_reason, _chain(exc))), None)
+    if reason is None:
+        return None
+    where = f" {url.render_as_string(hide_password=True)}" if url is not None else ""
+    return ConfigurationError(
+        f"the database{where} refused the cache: {reason} (check the URL's user, password "
+        "and database)"
+    )
+
+
+def _refused_reason(error: BaseException) -> str | None:
+    if isinstance(error, sa_exc.DBAPIError):
+        return None  # its driver's error (orig) is next in the chain
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    if args and isinstance(args[0], int):
+        if args[0] in CONFIGURATION_MYSQL_CODES:
+            return f"({args[0]}) {args[1] if len(args) > 1 else ''}".strip()
+        return None
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    message = str(error).strip()
+    if sqlstate in CONFIGURATION_SQLSTATES:
+        return f"{message.splitlines()[0] if message else sqlstate} ({sqlstate})"
+    found = REFUSED_LOGIN_MESSAGE.search(message)
+    if found:
+        return found.group(1).strip()
+    # SQLite's "missing database": a file in a folder that does not exist, or not writable.
+    return message if message == SQLITE_CANNOT_OPEN else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """Tell whether an error is a transient database failure (see TRANSIENT_SQLSTATES)."""
+    if configuration_error(exc) is not None:
+        return False
     if isinstance(exc, (sa_exc.TimeoutError, ConnectionError, TimeoutError)):
         return True
     if not isinstance(exc, sa_exc.DBAPIError):
@@ -180,5 +236,6 @@ def _chain(error: BaseException | None, depth: int = 5) -> list[BaseException]:
     chain: list[BaseException] = []
     while error is not None and len(chain) < depth:
         chain.append(error)
-        error = error.__cause__ or error.__context__
+        orig = getattr(error, "orig", None)  # SQLAlchemy's wrapper: its driver's error
+        error = orig if isinstance(orig, BaseException) else error.__cause__ or error.__context__
     return chain
