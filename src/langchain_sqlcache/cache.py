@@ -10,23 +10,31 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
+from langchain_sqlcache.codec import (
+    decode_generations,
+    encode_entry,
+    entry_key,
+    escape_text,
+    model_allowlist,
+)
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import (
     CacheUnavailableError,
     ConfigurationError,
     MissingEngineError,
     SQLCacheError,
+    UnstorableValueError,
     ValueTooLargeError,
     checked_identifier,
     is_transient,
@@ -129,6 +137,11 @@ class SQLCache(BaseCache):
             transaction mode: psycopg and asyncpg then use no named prepared statement that a
             later transaction, served by another server connection, would miss or find taken.
             Run migrations against Postgres itself.
+        pydantic_classes: Pydantic model classes whose instances in a value (such as
+            ``additional_kwargs["parsed"]`` of ``with_structured_output``) come back as
+            instances; found by module and qualified name in this list only, never imported
+            by a name read from a row. Instances of other classes are stored as their
+            ``model_dump()`` and come back as that plain data (see ``codec``).
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -152,6 +165,7 @@ class SQLCache(BaseCache):
         on_error: Literal["warn", "raise"] = "warn",
         key_secret: str | bytes | None = None,
         transaction_pooler: bool = False,
+        pydantic_classes: Iterable[type[BaseModel]] = (),
         **engine_kwargs: Any,
     ) -> None:
         if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
@@ -180,6 +194,7 @@ class SQLCache(BaseCache):
             msg = f"on_error must be 'warn' or 'raise', not {on_error!r}"
             raise ConfigurationError(msg)
         self.on_error = on_error
+        self._models = model_allowlist(pydantic_classes)
         self._failures = FailureLog()
         self._hits = HitBuffer() if record_hits else None
         # Operations whose caller was cancelled, finishing on their own (see _arun).
@@ -228,7 +243,7 @@ class SQLCache(BaseCache):
             rows = self._run(lookup_rows, key_hash, now)
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("lookup", exc, None)
-        value = decode_generations(rows, key_hash=key_hash)
+        value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             self._flush_hits(self._hits.add(key_hash, now))
         return value
@@ -240,7 +255,7 @@ class SQLCache(BaseCache):
             rows = await self._arun(lookup_rows, key_hash, now)
         except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
             return self._failed("lookup", exc, None)
-        value = decode_generations(rows, key_hash=key_hash)
+        value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             await self._aflush_hits(self._hits.add(key_hash, now))
         return value
@@ -251,13 +266,19 @@ class SQLCache(BaseCache):
         An empty ``return_val`` deletes the entry: an empty value is not an answer a model
         can return, so the next lookup is a miss.
 
+        A value that holds something the cache cannot store and rebuild exactly (an Enum,
+        an arbitrary object: see ``codec``) is refused before any database work, under the
+        failure policy: a counted no-op with a warning under ``on_error="warn"``.
+
         Raises:
             TypeError: ``return_val`` holds something other than a Generation (nothing is
                 written).
+            UnstorableValueError: under ``on_error="raise"``, a value the cache cannot store
+                exactly, named by its path and type (nothing is written).
 
         """
-        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
+            entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
             self._run(store_value, entry_row, generation_rows)
             if self._prune_due():
                 self._write(prune_step, *self._prune_arguments())
@@ -266,8 +287,8 @@ class SQLCache(BaseCache):
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
-        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
         try:
+            entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
             await self._arun(store_value, entry_row, generation_rows)
             if self._prune_due():
                 await self._awrite(prune_step, *self._prune_arguments())
@@ -427,6 +448,7 @@ class SQLCache(BaseCache):
             updated_at=now,
             expires_at=now + self.ttl if self.ttl else None,
             secret=self._key_secret,
+            models=self._models,
         )
 
     def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -480,11 +502,11 @@ class SQLCache(BaseCache):
     def _failed(self, operation: str, exc: Exception, fallback: T) -> T:
         """Apply the failure policy to an operation's error.
 
-        A transient failure, or a value too large for the server, becomes ``fallback``
-        (warn) or is raised (raise: our own errors as they are, driver errors as
-        CacheUnavailableError); anything else is raised as it is.
+        A transient failure, a value too large for the server or one the cache cannot store
+        exactly becomes ``fallback`` (warn) or is raised (raise: our own errors as they are,
+        driver errors as CacheUnavailableError); anything else is raised as it is.
         """
-        if not (is_transient(exc) or isinstance(exc, ValueTooLargeError)):
+        if not (is_transient(exc) or isinstance(exc, (ValueTooLargeError, UnstorableValueError))):
             raise exc
         if self.on_error == "warn":
             self._failures.record(operation, exc)

@@ -8,10 +8,12 @@ One line per entry::
      "generations": [{"type": "ChatGeneration", "text": "...", "generation_info": {...},
                       "message": {...}}]}
 
-Strings are the real strings (JSON escapes NUL and lone surrogates); ``message`` holds the chat
-message's fields as the cache stores them (``content`` left out when it equals ``text``).
-Import rebuilds every value through the cache's allowlisted decoder, so a file is untrusted
-input like a row.
+``namespace``, ``prompt``, ``llm_string`` and ``text`` are the real strings (JSON escapes NUL
+and lone surrogates); ``generation_info`` and ``message`` are the documents as the cache stores
+them (see ``codec``: tagged values, escaped strings; ``content`` left out when it equals
+``text``). Lines of format ``langchain-sqlcache/1`` (plain documents with real strings, from
+earlier versions) are read too. Import rebuilds every value through the cache's allowlisted
+decoder, so a file is untrusted input like a row.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from langchain_sqlcache.codec import (
     encode_entry,
     escape_json,
     escape_text,
-    unescape_json,
     unescape_text,
 )
 from langchain_sqlcache.statements import count_entries, read_page, write_values
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
     from langchain_sqlcache.cache import SQLCache
 
-FORMAT = "langchain-sqlcache/1"
+FORMAT = "langchain-sqlcache/2"
+# Documents with real strings and no tags, written before the codec's tagged values.
+PLAIN_FORMAT = "langchain-sqlcache/1"
 EXPORT_PAGE = 1000
 IMPORT_BATCH = 500
 
@@ -94,8 +97,8 @@ def _record(entry: Row[Any], generations: list[Row[Any]]) -> dict[str, Any]:
             {
                 "type": g.generation_type,
                 "text": unescape_text(g.text),
-                "generation_info": unescape_json(g.generation_info),
-                "message": unescape_json(g.message),
+                "generation_info": g.generation_info,
+                "message": g.message,
             }
             for g in generations
         ],
@@ -161,19 +164,20 @@ def import_lines(
 def _values_of(
     record: Any, cache: SQLCache, keep_namespaces: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in (FORMAT, PLAIN_FORMAT):
         msg = f"not a {FORMAT} record"
         raise ValueError(msg)
+    stored: Callable[[Any], Any] = _as_stored if record["format"] == FORMAT else escape_json
     rows = [
         (
             g["type"],
             escape_text(g["text"]),
-            escape_json(g.get("generation_info")),
-            escape_json(g.get("message")),
+            stored(g.get("generation_info")),
+            stored(g.get("message")),
         )
         for g in record["generations"]
     ]
-    value = decode_generations(rows, key_hash="(import)") if rows else None
+    value = decode_generations(rows, key_hash="(import)", models=cache._models) if rows else None
     if value is None:
         msg = "its generations cannot be rebuilt"
         raise ValueError(msg)
@@ -192,11 +196,16 @@ def _values_of(
         updated_at=_aware(record["updated_at"]),
         expires_at=_aware(expires) if expires else None,
         secret=cache._key_secret,
+        models=cache._models,
     )
     entry_row["hit_count"] = int(record.get("hit_count") or 0)
     last_hit = record.get("last_hit_at")
     entry_row["last_hit_at"] = _aware(last_hit) if last_hit else None
     return entry_row, generation_rows
+
+
+def _as_stored(document: Any) -> Any:
+    return document
 
 
 def _aware(value: str) -> datetime:
