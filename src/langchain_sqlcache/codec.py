@@ -57,6 +57,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -397,9 +398,13 @@ def _tz(zone: tzinfo | None) -> Any:
         return None
     if type(zone) is timezone:
         offset, *name = zone.__getinitargs__()  # type: ignore[attr-defined]
-        return ["timezone", offset // timedelta(microseconds=1), name[0] if name else None]
+        return [
+            "timezone",
+            offset // timedelta(microseconds=1),
+            escape_text(name[0]) if name else None,
+        ]
     if type(zone) is ZoneInfo and zone.key is not None:
-        return ["zoneinfo", zone.key]
+        return ["zoneinfo", escape_text(zone.key)]
     raise _Refused(zone, "only datetime.timezone and zoneinfo.ZoneInfo zones are kept")
 
 
@@ -694,7 +699,26 @@ class _Decoder:
         return [self.decode(item) for item in items]
 
     def pairs(self, pairs: list[Any]) -> dict[Any, Any]:
-        return {self.decode(key): self.decode(item) for key, item in self.items(pairs)}
+        if type(pairs) is not list:
+            msg = "tagged pairs are not a list"
+            raise TypeError(msg)
+        return {self.decode(key): self.decode(item) for key, item in pairs}
+
+    def rebuild_set(self, kind: type[set[Any]] | type[frozenset[Any]], items: list[Any]) -> Any:
+        """A set whose iteration order (so its repr, and LangChain's dumps) is the stored one.
+
+        Small tables resolve a hash collision by a probe that depends on which element came
+        first, so building from the stored (iteration) order can reorder colliding elements;
+        for a few elements, the insertion order that gives the stored order back is searched.
+        """
+        elements = self.items(items)
+        built = kind(elements)
+        if 1 < len(elements) <= SET_ORDER_SEARCH_LIMIT and not _in_order(built, elements):
+            for order in itertools.permutations(elements):
+                candidate = kind(order)
+                if _in_order(candidate, elements):
+                    return candidate
+        return built
 
     def model(self, name: str, fields: Any) -> Any:
         values = self.decode(fields)
@@ -716,9 +740,9 @@ def _decode_tz(spec: Any) -> tzinfo | None:
     kind, *args = spec
     if kind == "timezone":
         offset = timedelta(microseconds=args[0])
-        return timezone(offset) if args[1] is None else timezone(offset, args[1])
+        return timezone(offset) if args[1] is None else timezone(offset, unescape_text(args[1]))
     if kind == "zoneinfo":
-        return ZoneInfo(args[0])
+        return ZoneInfo(unescape_text(args[0]))
     msg = f"unknown time zone form {kind!r}"
     raise ValueError(msg)
 
@@ -730,10 +754,18 @@ def _decode_float(text: str) -> float:
     return float(text)
 
 
+# Up to 6! = 720 tries, only for sets whose elements collide.
+SET_ORDER_SEARCH_LIMIT = 6
+
+
+def _in_order(built: Iterable[Any], elements: list[Any]) -> bool:
+    return all(a is b for a, b in zip(built, elements, strict=True))
+
+
 _UNTAG: dict[str, Any] = {
     "tuple": lambda d, items: tuple(d.items(items)),
-    "set": lambda d, items: set(d.items(items)),
-    "frozenset": lambda d, items: frozenset(d.items(items)),
+    "set": lambda d, items: d.rebuild_set(set, items),
+    "frozenset": lambda d, items: d.rebuild_set(frozenset, items),
     "dict": lambda d, pairs: d.pairs(pairs),
     "json": lambda d, text: d.decode(json.loads(text)),
     "model": lambda d, name, fields: d.model(name, fields),
