@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import re
@@ -37,7 +38,7 @@ from langchain_sqlcache.codec import escape_text, unescape_text
 from langchain_sqlcache.errors import UnstorableValueError
 from langchain_sqlcache.models import entry_table, generation_table
 from langchain_sqlcache.statements import driver_query
-from langchain_sqlcache.transfer import export_records
+from langchain_sqlcache.transfer import export_records, import_lines, to_line
 from tests.conftest import TEST_PACKET_BYTES, Backend, skip_or_fail, unique_namespace
 from tests.helpers import get, put, wipe
 
@@ -666,3 +667,36 @@ def test_escaped_text_of_earlier_rows_still_decodes() -> None:
     assert len(unescape_text(escape_text(pair))) == 2
     with pytest.raises(ValueError, match="unknown form"):
         unescape_text("\ufdd0?what")
+
+
+def test_export_and_import_keep_tagged_values(backend: Backend) -> None:
+    value: list[Generation] = [
+        ChatGeneration(
+            message=AIMessage(
+                "m\x00",
+                additional_kwargs={
+                    "parsed": ISSUE_VALUES["pydantic"],
+                    "when": ISSUE_VALUES["aware-datetime"],
+                    "pair": "\ud83d\ude00",
+                    "\ufdd0": (float("nan"), {1: b"x"}),
+                },
+            ),
+            generation_info={"deep": nested(40, {2, 3})},
+        )
+    ]
+    source = pydantic_cache(backend)
+    target = pydantic_cache(backend)
+    try:
+        source.update("p", LLM, value)
+        lines = [to_line(record) for record in export_records(source, all_namespaces=False)]
+        assert json.loads(lines[0])["format"] == "langchain-sqlcache/2"
+        result = import_lines(target, lines, keep_namespaces=False)
+        assert (result.imported, result.skipped) == (1, 0)
+        hit = target.lookup("p", LLM)
+        assert hit is not None
+        assert dumps(hit) == dumps(value)
+    finally:
+        source.clear()
+        target.clear()
+        source.close()
+        target.close()
