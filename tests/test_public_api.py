@@ -40,6 +40,7 @@ def test_constructor_signature() -> None:
         "on_error",
         "key_secret",
         "transaction_pooler",
+        "pydantic_classes",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
