@@ -291,6 +291,12 @@ def test_offline_sql_for_review_needs_no_server(dialect_url: str) -> None:
     assert f"INSERT INTO {VERSION_TABLE}" in sql
     assert ("JSONB" in sql) == dialect_url.startswith("postgresql")
     assert ("LONGTEXT" in sql) == dialect_url.startswith("mysql")
+    # 0005: json on Postgres; on MySQL the script picks MariaDB's or MySQL's exact collation
+    # from the server it runs on (a mysql:// URL may name either).
+    assert ("TYPE JSON USING" in sql) == dialect_url.startswith("postgresql")
+    for collation in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin"):
+        assert (collation in sql) == dialect_url.startswith("mysql")
+    assert "TYPE BIGINT" in sql or "MODIFY input_tokens BIGINT" in sql
 
 
 def test_async_urls_migrate_through_run_sync(empty_db: str) -> None:
@@ -589,8 +595,8 @@ def write_at_0002(url: str, namespace: str, prompt: str, llm_string: str) -> Non
         engine.dispose()
 
 
-def write_at_0004(url: str, namespace: str, prompt: str, llm_string: str) -> None:
-    # 0004 is the head: the cache itself writes its shape. Freeze this writer (as the earlier
+def write_at_0005(url: str, namespace: str, prompt: str, llm_string: str) -> None:
+    # 0005 is the head: the cache itself writes its shape. Freeze this writer (as the earlier
     # ones are) when a later revision lands.
     cache = SQLCache(url, namespace=namespace, create_tables=False)
     try:
@@ -602,8 +608,11 @@ def write_at_0004(url: str, namespace: str, prompt: str, llm_string: str) -> Non
 WRITERS = {
     "0001": write_at_0001,
     "0002": write_at_0002,
-    "0003": write_at_0002,  # 0003 changed only the view: the tables are 0002's
-    "0004": write_at_0004,
+    # 0003 changed only the view, 0004 added an index: the tables are 0002's, and the cache
+    # wrote SURVIVOR at 0004 as write_at_0002 does (rows as ROWS_0001, with token counts).
+    "0003": write_at_0002,
+    "0004": write_at_0002,
+    "0005": write_at_0005,
 }
 OLD_LLM = "[('model', 'old-model'), ('temperature', 0.0)]"
 
@@ -642,3 +651,71 @@ async def test_entries_written_at_a_revision_survive_upgrade(empty_db: str, revi
         ("old-model", "a chat answer", 3, 4, 0),
     ]
     assert all(o.created_at is not None for o in outputs)
+
+
+# A value that needs 0005: token counts beyond INTEGER, JSON with its keys out of order.
+BIG_TOKENS = [
+    ChatGeneration(
+        message=AIMessage(
+            content="a long session",
+            additional_kwargs={"z": 1, "a": 2},
+            usage_metadata={"input_tokens": 2**40, "output_tokens": 5, "total_tokens": 2**40 + 5},
+        )
+    ),
+    *SURVIVOR,
+]
+
+
+def outputs_tokens(url: str) -> list[tuple[Any, ...]]:
+    engine = sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT idx, input_tokens, output_tokens FROM llm_cache_outputs "
+                    "ORDER BY prompt, idx"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+async def test_entries_survive_a_downgrade_to_0004_and_back(empty_db: str) -> None:
+    migrations.upgrade(empty_db)
+    write_at_0005(empty_db, "new", "a prompt", OLD_LLM)
+    cache = SQLCache(empty_db, namespace="new", create_tables=False)
+    cache.update("big", OLD_LLM, BIG_TOKENS)
+    cache.close()
+    assert outputs_tokens(empty_db) == [
+        (0, None, None),
+        (1, 3, 4),
+        (0, 2**40, 5),
+        (1, None, None),
+        (2, 3, 4),
+    ]
+    migrations.downgrade(empty_db, "0004")
+    assert migrations.current(empty_db) == "0004"
+    # INTEGER cannot hold 2**40: that count goes, the value (its message) stays.
+    assert outputs_tokens(empty_db) == [
+        (0, None, None),
+        (1, 3, 4),
+        (0, None, 5),
+        (1, None, None),
+        (2, 3, 4),
+    ]
+    migrations.upgrade(empty_db)
+    assert_models_match_database(empty_db)
+    cache = SQLCache(empty_db, namespace="new", create_tables=False)
+    try:
+        assert cache.lookup("a prompt", OLD_LLM) == SURVIVOR
+        assert await cache.alookup("big", OLD_LLM) == BIG_TOKENS
+    finally:
+        await cache.aclose()
+
+
+def test_offline_sql_for_mariadb_names_its_own_exact_collation() -> None:
+    sql = migrations.upgrade("mariadb://u@h/db", sql=True)
+    assert sql is not None
+    assert "COLLATE utf8mb4_nopad_bin" in sql
+    assert "utf8mb4_0900_bin" not in sql

@@ -29,7 +29,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -47,20 +47,66 @@ ID_TYPE: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 # Prompts reach 1 MB and texts 16 MB: MySQL's TEXT stops at 64 KB, so LONGTEXT there.
 LONG_TEXT: TypeEngine[str] = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
-# jsonb on Postgres so analysts can index and query it; JSON (LONGTEXT + JSON_VALID on
-# MariaDB) on MySQL; JSON text on SQLite.
-JSON_DOCUMENT: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# json, not jsonb, on Postgres (revision 0005): jsonb reorders object keys and rewrites
+# numbers (1e23, 1e16, -0.0), and a hit must serialize exactly as the value stored. JSON
+# (LONGTEXT + JSON_VALID on MariaDB) on MySQL; JSON text on SQLite. Every backend keeps the
+# document's text as written, and analysts still query it with JSON operators.
+JSON_DOCUMENT: TypeEngine[Any] = JSON()
 
 HASH_HEX_LENGTH = 64
 NAMESPACE_MAX_LENGTH = 255
 MODEL_MAX_LENGTH = 255
 OUTPUTS_VIEW = "llm_cache_outputs"
 
+
+def exact_collation(dialect: Dialect) -> str:
+    """The utf8mb4 collation under which MySQL/MariaDB compare text byte for byte.
+
+    Binary (so "GPT-4" != "gpt-4") and NO PAD (so "gpt-4 " != "gpt-4"; every ``_bin``
+    collation before these pads with spaces). Without a server (offline SQL) the URL's
+    scheme decides: ``mariadb://`` gets MariaDB's, ``mysql://`` MySQL 8's.
+    """
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"  # MariaDB 10.2+
+    version = dialect.server_version_info
+    if version is not None and version < (8, 0, 17):
+        return "utf8mb4_bin"  # MySQL 5.7 has no NO PAD binary collation: case-exact only
+    return "utf8mb4_0900_bin"
+
+
+class ExactText(TypeDecorator[str]):
+    """MySQL/MariaDB text under :func:`exact_collation` (VARCHAR, or LONGTEXT without a length).
+
+    The collation is the server's, so it is chosen when the dialect is known rather than
+    fixed in the model; Postgres and SQLite already compare text byte for byte.
+    """
+
+    impl = mysql.VARCHAR
+    cache_ok = True
+
+    def __init__(self, length: int | None = None) -> None:
+        """Declare the text's maximum length in characters (None: LONGTEXT)."""
+        super().__init__(length)
+        self.max_length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type with this server's exact collation."""
+        collation = exact_collation(dialect)
+        if self.max_length is None:
+            return dialect.type_descriptor(mysql.LONGTEXT(collation=collation))
+        return dialect.type_descriptor(mysql.VARCHAR(self.max_length, collation=collation))
+
+
 # MySQL compares strings case- and trailing-space-insensitively by default, which would let
-# namespace "Tenant" clear the entries of "tenant ": namespaces compare byte for byte.
+# clear(llm_string="gpt-4") delete the entries of "GPT-4" and "gpt-4 ", and stats() merge
+# models named alike: the columns that filters and GROUP BY compare are exact (0005).
 NAMESPACE_TYPE: TypeEngine[str] = String(NAMESPACE_MAX_LENGTH).with_variant(
-    mysql.VARCHAR(NAMESPACE_MAX_LENGTH, collation="utf8mb4_bin"), "mysql", "mariadb"
+    ExactText(NAMESPACE_MAX_LENGTH), "mysql", "mariadb"
 )
+MODEL_TYPE: TypeEngine[str] = String(MODEL_MAX_LENGTH).with_variant(
+    ExactText(MODEL_MAX_LENGTH), "mysql", "mariadb"
+)
+LLM_STRING_TYPE: TypeEngine[str] = Text().with_variant(ExactText(), "mysql", "mariadb")
 # Lowercase hex: one byte a character in the unique index on MySQL rather than four.
 KEY_HASH_TYPE: TypeEngine[str] = String(HASH_HEX_LENGTH).with_variant(
     mysql.VARCHAR(HASH_HEX_LENGTH, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
@@ -139,9 +185,9 @@ class CacheEntry(Base):
     )
     namespace: Mapped[str] = mapped_column(NAMESPACE_TYPE)
     prompt: Mapped[str] = mapped_column(LONG_TEXT)
-    llm_string: Mapped[str] = mapped_column(LONG_TEXT)
+    llm_string: Mapped[str] = mapped_column(LLM_STRING_TYPE)
     llm_model: Mapped[str | None] = mapped_column(
-        String(MODEL_MAX_LENGTH), comment="model name found in llm_string, for GROUP BY"
+        MODEL_TYPE, comment="model name found in llm_string, for GROUP BY"
     )
     # Nullable only because SQLite cannot add a NOT NULL column with a clock default: the
     # cache always sets both, and revision 0002 gave earlier entries the upgrade's time.
@@ -178,8 +224,9 @@ class CacheGeneration(Base):
     message: Mapped[dict[str, Any] | None] = mapped_column(
         JSON_DOCUMENT, comment="the chat message's fields; content omitted when it equals text"
     )
-    input_tokens: Mapped[int | None] = mapped_column(Integer)
-    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    # BIGINT (revision 0005): a usage_metadata count of 2**31 or more is a real value.
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
 
 
 entry_table = cast(Table, CacheEntry.__table__)
@@ -201,8 +248,8 @@ outputs_view = Table(
     Column("idx", Integer),
     Column("generation_type", String),
     Column("text", Text),
-    Column("input_tokens", Integer),
-    Column("output_tokens", Integer),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
     Column("generation_info", JSON_DOCUMENT),
     Column("message", JSON_DOCUMENT),
     Column("created_at", UTCDateTime()),

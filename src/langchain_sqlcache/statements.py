@@ -116,7 +116,7 @@ def statements_for(dialect_name: str) -> Statements:
                 # JSON comes back as text and is parsed by the codec, so that a planted
                 # malformed document is a miss there rather than an error while fetching,
                 # and so that the codec can tell from the text alone that nothing in it
-                # needs unescaping. (Postgres drivers parse jsonb unless it is cast.)
+                # needs unescaping. (Postgres drivers parse json unless it is cast.)
                 _as_text(generation.c.generation_info, dialect_name).label("generation_info"),
                 _as_text(generation.c.message, dialect_name).label("message"),
             )
@@ -229,7 +229,7 @@ def _replace_value() -> Delete:
     """Postgres: upsert the entry, write its generations and drop the surplus, in one statement.
 
     One statement in autocommit is one round trip and one transaction, against five for
-    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one jsonb array and
+    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one json array and
     overwrite those at the same positions; the old value's surplus positions are deleted.
 
     A concurrent writer of the same key whose longer value committed while this statement
@@ -246,7 +246,9 @@ def _replace_value() -> Delete:
         .cte("upserted")
     )
     incoming = (
-        func.jsonb_to_recordset(bindparam("generation_rows", type_=postgresql.JSONB))
+        # json, not jsonb: json_to_recordset hands each document on as the text it was
+        # sent as (key order, 1e23, -0.0), which the json columns then keep.
+        func.json_to_recordset(bindparam("generation_rows", type_=postgresql.JSON))
         .table_valued(
             *(column(c.name, c.type) for c in generation.c if c.name != "entry_id"),
         )
@@ -628,7 +630,7 @@ def store_value(
     one_by_one = dialect.name == "sqlite" and len(generation_rows) <= SQLITE_ROWS_PER_INSERT
     if generation_rows and (dialect.name == "postgresql" or one_packet or one_by_one):
         # MySQL's and SQLite's multi-row INSERT is compiled per number of generations;
-        # Postgres' takes them all as one jsonb parameter.
+        # Postgres' takes them all as one json parameter.
         by_position = one_packet or one_by_one
         rows = len(generation_rows) if by_position else 0
         query = driver_query("replace_value", engines.reader.dialect, engines.schema, rows)
