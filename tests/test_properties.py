@@ -215,7 +215,7 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@settings(PROPERTY_SETTINGS, max_examples=200)
+@settings(PROPERTY_SETTINGS, max_examples=500)
 @given(value=RETURN_VALS)
 def test_codec_round_trip(value: list[Generation]) -> None:
     """The codec alone, many examples: what a database would store and give back."""
@@ -272,7 +272,7 @@ def runner(
     loop.close()
 
 
-@settings(PROPERTY_SETTINGS, max_examples=20)
+@settings(PROPERTY_SETTINGS, max_examples=50)
 @given(value=RETURN_VALS)
 def test_values_round_trip_on_every_backend(
     runner: Callable[[str, list[Generation]], Any], value: list[Generation]
