@@ -30,6 +30,9 @@ when it equals the generation's text) are JSON documents:
       subtree     ["json", text] (nested beyond 24 levels: MariaDB refuses 32)
       pydantic    ["model", "module:qualname", {field: value}] (allowlisted classes only)
 
+  Sets keep their iteration order (so their repr and LangChain's dumps) where a set of up
+  to 6 elements can be rebuilt in it; a set whose hash table grew and shrank may come back
+  ``==`` but iterating in another order.
   ``tz`` is null (naive), ``["timezone", offset_microseconds, name_or_null]`` for
   ``datetime.timezone`` or ``["zoneinfo", key]``; other tzinfo classes are refused.
   Ordinary data never produces such an object: a string that starts with the marker is
