@@ -12,12 +12,16 @@ def test_all_is_pinned() -> None:
     assert sorted(langchain_sqlcache.__all__) == [
         "CacheStats",
         "CacheUnavailableError",
+        "CircuitOpenError",
         "ConfigurationError",
+        "DatabaseRefusedError",
         "MissingEngineError",
         "ModelStats",
         "SQLCache",
         "SQLCacheError",
         "SchemaError",
+        "UnstorableValueError",
+        "ValueTooLargeError",
         "__version__",
     ]
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from langchain_sqlcache import SQLCache, migrations
+from langchain_sqlcache import SchemaError, SQLCache, migrations
 from tests.conftest import Backend, sync_engine, unique_identifier
 
 # Roles are server-wide: a name of this run's own, so that two runs never drop each other's.
@@ -86,5 +86,7 @@ async def test_runtime_role_needs_no_ddl_right(runtime_url: str, empty_db: str) 
         await cache.aclose()
     # The one thing it cannot do: create the tables in an empty database.
     migrations.downgrade(empty_db, "base")
-    with pytest.raises(DBAPIError, match=r"(?i)denied"):
+    # A configuration error, under either policy, the driver's error chained.
+    with pytest.raises(SchemaError, match=r"(?i)denied") as raised:
         SQLCache(runtime_url, namespace="runtime").lookup("p", "llm")
+    assert isinstance(raised.value.__cause__, DBAPIError)

@@ -5,10 +5,14 @@ from importlib.metadata import PackageNotFoundError, version
 from langchain_sqlcache.cache import CacheStats, ModelStats, SQLCache
 from langchain_sqlcache.errors import (
     CacheUnavailableError,
+    CircuitOpenError,
     ConfigurationError,
+    DatabaseRefusedError,
     MissingEngineError,
     SchemaError,
     SQLCacheError,
+    UnstorableValueError,
+    ValueTooLargeError,
 )
 
 try:
@@ -19,11 +23,15 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "CacheStats",
     "CacheUnavailableError",
+    "CircuitOpenError",
     "ConfigurationError",
+    "DatabaseRefusedError",
     "MissingEngineError",
     "ModelStats",
     "SQLCache",
     "SQLCacheError",
     "SchemaError",
+    "UnstorableValueError",
+    "ValueTooLargeError",
     "__version__",
 ]

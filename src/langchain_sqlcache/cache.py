@@ -19,6 +19,7 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache.codec import (
@@ -30,16 +31,21 @@ from langchain_sqlcache.codec import (
 )
 from langchain_sqlcache.engines import EnginePair, build_pair, given_pair, resolve_url
 from langchain_sqlcache.errors import (
-    CacheUnavailableError,
     ConfigurationError,
     MissingEngineError,
-    SQLCacheError,
-    UnstorableValueError,
-    ValueTooLargeError,
+    SchemaError,
     checked_identifier,
     is_transient,
 )
-from langchain_sqlcache.hits import FailureLog, HitBuffer
+from langchain_sqlcache.failsafe import (
+    CircuitBreaker,
+    Failsafe,
+    FailureLog,
+    kind_of,
+    opened,
+    retryable,
+)
+from langchain_sqlcache.hits import HitBuffer
 from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
 from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
@@ -87,6 +93,9 @@ class CacheStats(ModelStats):
     models: dict[str | None, ModelStats] = field(default_factory=dict)
     failures: int = 0
     """Operations of this process that failed over to a miss or no-op (on_error="warn")."""
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    """The same failures by kind: ``unavailable``, ``timeout``, ``busy``, ``circuit_open``,
+    ``refused``, ``too_large``, ``unstorable``, ``error`` (see langchain_sqlcache.failsafe)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for JSON."""
@@ -124,12 +133,26 @@ class SQLCache(BaseCache):
         prune_every: Run one pruning batch every this many updates (None: never
             automatically; call ``prune()``).
         batch_size: Entries deleted per transaction by pruning and clearing.
-        on_error: What a transient database failure (connection refused or lost, timeout,
-            deadlock, failover), after retries, does: ``"warn"`` makes a lookup a miss and a
-            write a no-op, logged (rate-limited) and counted in ``stats().failures``;
-            ``"raise"`` raises ``CacheUnavailableError``. Configuration errors always raise.
-            A value too large for the server (MySQL's max_allowed_packet) is skipped under
-            ``"warn"`` and raises ``ValueTooLargeError`` under ``"raise"``.
+        on_error: What any failure of an operation does. ``"warn"`` (the default): a
+            lookup is a miss and a write a no-op, logged at most once a minute and counted
+            in ``stats().failures`` and ``stats().failures_by_kind``; the model call goes on
+            as without a cache. ``"raise"``: an ``SQLCacheError`` naming the cause, the
+            driver's error chained: ``CacheUnavailableError`` for an outage, a timeout or a
+            lock that retries did not get through (``CircuitOpenError`` while the database
+            is being skipped), ``DatabaseRefusedError`` for a statement the database refuses
+            (a value out of a column's range, a JSON it rejects), ``ValueTooLargeError`` for
+            a value over MySQL's max_allowed_packet, ``UnstorableValueError`` for a value the
+            cache cannot store exactly. Under either policy ``ConfigurationError`` and
+            ``SchemaError`` raise: a bad URL or a missing driver at construction; wrong
+            credentials, a missing database, tables missing, at another revision or that the
+            role cannot create at the first operation of each family (sync, async). So do
+            ``TypeError`` for a ``return_val`` that holds something other than Generations
+            (nothing is written) and ``stats()``, a health check. A lost pooled connection or
+            a deadlock is retried (4 attempts in all); a connection that cannot be opened, or
+            a timeout, is not. A database found unavailable (refused, lost, timed out,
+            shutting down, out of connections) is skipped: later operations fail over at
+            once, in microseconds, while one probe at a time, 0.25 s after the failure and
+            doubling to 2 s, finds when it is back.
         key_secret: Key entries with HMAC-SHA-256 under this secret instead of plain
             SHA-256, so that readers of the table cannot confirm a guessed prompt. Caches
             sharing tables must share the secret; changing it orphans existing entries.
@@ -196,6 +219,7 @@ class SQLCache(BaseCache):
         self.on_error = on_error
         self._models = model_allowlist(pydantic_classes)
         self._failures = FailureLog()
+        self._failsafe = Failsafe(on_error, self._failures)
         self._hits = HitBuffer() if record_hits else None
         # Operations whose caller was cancelled, finishing on their own (see _arun).
         self._background: set[asyncio.Future[Any]] = set()
@@ -226,6 +250,9 @@ class SQLCache(BaseCache):
             )
             self._async_engines = self._build_async_pair()
         self._escaped_namespace = escape_text(namespace)
+        # One breaker per database server: a cache built from one URL has one for both
+        # families; engines of different servers (given ones) fail apart.
+        self._breaker, self._async_breaker = _breakers(self._engines, self._async_engines)
         self._ready_lock = threading.Lock()
         self._engines_ready = False
         self._async_engines_ready = False
@@ -239,10 +266,9 @@ class SQLCache(BaseCache):
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
-        try:
-            rows = self._run(lookup_rows, key_hash, now)
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("lookup", exc, None)
+        rows: Sequence[Sequence[Any]] = self._failsafe.run(
+            "lookup", (), lambda: self._run(lookup_rows, key_hash, now)
+        )
         value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             self._flush_hits(self._hits.add(key_hash, now))
@@ -251,10 +277,9 @@ class SQLCache(BaseCache):
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
         key_hash, now = self._key_hash(prompt, llm_string), _now()
-        try:
-            rows = await self._arun(lookup_rows, key_hash, now)
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("lookup", exc, None)
+        rows: Sequence[Sequence[Any]] = await self._failsafe.arun(
+            "lookup", (), lambda: self._arun(lookup_rows, key_hash, now)
+        )
         value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             await self._aflush_hits(self._hits.add(key_hash, now))
@@ -277,23 +302,25 @@ class SQLCache(BaseCache):
                 exactly, named by its path and type (nothing is written).
 
         """
-        try:
-            entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-            self._run(store_value, entry_row, generation_rows)
-            if self._prune_due():
-                self._write(prune_step, *self._prune_arguments())
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            self._failed("update", exc, None)
+        self._failsafe.run("update", None, lambda: self._store(prompt, llm_string, return_val))
+
+    def _store(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
+        self._run(store_value, entry_row, generation_rows)
+        if self._prune_due():
+            self._write(prune_step, *self._prune_arguments())
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
-        try:
-            entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-            await self._arun(store_value, entry_row, generation_rows)
-            if self._prune_due():
-                await self._awrite(prune_step, *self._prune_arguments())
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            self._failed("update", exc, None)
+        await self._failsafe.arun(
+            "update", None, lambda: self._astore(prompt, llm_string, return_val)
+        )
+
+    async def _astore(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
+        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
+        await self._arun(store_value, entry_row, generation_rows)
+        if self._prune_due():
+            await self._awrite(prune_step, *self._prune_arguments())
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this namespace's entries, in batches; other namespaces are kept.
@@ -309,38 +336,35 @@ class SQLCache(BaseCache):
 
         """
         filters = self._clear_filters(kwargs)
-        try:
-            while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
-                pass
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            self._failed("clear", exc, None)
+        self._failsafe.run("clear", None, lambda: self._clear(filters))
+
+    def _clear(self, filters: dict[str, Any]) -> None:
+        while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
+            pass
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async :meth:`clear`, on the async engine."""
         filters = self._clear_filters(kwargs)
-        try:
-            while await self._awrite(
-                clear_batch, self._escaped_namespace, filters, self.batch_size
-            ):
-                pass
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            self._failed("clear", exc, None)
+        await self._failsafe.arun("clear", None, lambda: self._aclear(filters))
+
+    async def _aclear(self, filters: dict[str, Any]) -> None:
+        while await self._awrite(clear_batch, self._escaped_namespace, filters, self.batch_size):
+            pass
 
     # -- lifecycle and stats ---------------------------------------------------------------
 
     def delete(self, prompt: str, llm_string: str) -> bool:
         """Delete one entry; return whether it existed (False when the database failed)."""
-        try:
-            return self._write(delete_value, self._key_hash(prompt, llm_string)) > 0
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("delete", exc, False)
+        key_hash = self._key_hash(prompt, llm_string)
+        return self._failsafe.run("delete", 0, lambda: self._write(delete_value, key_hash)) > 0
 
     async def adelete(self, prompt: str, llm_string: str) -> bool:
         """Async :meth:`delete`, on the async engine."""
-        try:
-            return await self._awrite(delete_value, self._key_hash(prompt, llm_string)) > 0
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("delete", exc, False)
+        key_hash = self._key_hash(prompt, llm_string)
+        deleted = await self._failsafe.arun(
+            "delete", 0, lambda: self._awrite(delete_value, key_hash)
+        )
+        return deleted > 0
 
     def prune(self) -> int:
         """Delete expired entries, then the oldest over the caps, in bounded batches.
@@ -349,61 +373,57 @@ class SQLCache(BaseCache):
             How many entries were deleted.
 
         """
+        removed = [0]  # what was deleted before a failure counts too
+        self._failsafe.run("prune", None, lambda: self._prune(removed))
+        return removed[0]
+
+    def _prune(self, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        removed = 0
-        try:
-            while deleted := self._write(delete_expired_batch, namespace, now, batch):
-                removed += deleted
-            excess = self._read(measure_excess, namespace, max_entries, max_bytes)
-            while excess:
-                deleted, excess = self._write(delete_oldest_batch, namespace, excess, batch)
-                removed += deleted
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("prune", exc, removed)
-        return removed
+        while deleted := self._write(delete_expired_batch, namespace, now, batch):
+            removed[0] += deleted
+        excess = self._read(measure_excess, namespace, max_entries, max_bytes)
+        while excess:
+            deleted, excess = self._write(delete_oldest_batch, namespace, excess, batch)
+            removed[0] += deleted
 
     async def aprune(self) -> int:
         """Async :meth:`prune`, on the async engine."""
+        removed = [0]
+        await self._failsafe.arun("prune", None, lambda: self._aprune(removed))
+        return removed[0]
+
+    async def _aprune(self, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        removed = 0
-        try:
-            while deleted := await self._awrite(delete_expired_batch, namespace, now, batch):
-                removed += deleted
-            excess = await self._aread(measure_excess, namespace, max_entries, max_bytes)
-            while excess:
-                deleted, excess = await self._awrite(delete_oldest_batch, namespace, excess, batch)
-                removed += deleted
-        except Exception as exc:  # noqa: BLE001 - the failure policy sorts it out
-            return self._failed("prune", exc, removed)
-        return removed
+        while deleted := await self._awrite(delete_expired_batch, namespace, now, batch):
+            removed[0] += deleted
+        excess = await self._aread(measure_excess, namespace, max_entries, max_bytes)
+        while excess:
+            deleted, excess = await self._awrite(delete_oldest_batch, namespace, excess, batch)
+            removed[0] += deleted
 
     def stats(self) -> CacheStats:
         """Entries, generations, bytes, expired entries and hits of this namespace, by model.
 
         One aggregate query over the namespace's entries (pending hits are written first),
-        plus the operations that failed over to a miss or no-op in this process. A health
-        check wants to know when the database is down, so a transient failure raises
-        ``CacheUnavailableError`` here under either policy.
+        plus the operations that failed over to a miss or no-op in this process, by kind. A
+        health check wants to know when the database is down, so a failure raises here
+        under either policy (``CacheUnavailableError`` for an outage).
         """
         self._flush_hits(self._hits.take() if self._hits else [])
-        try:
-            rows = self._read(stats_rows, self._escaped_namespace, _now())
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise self._unavailable("stats", exc) from exc
-        return _stats_of(rows, self._failures.count)
+        namespace, now = self._escaped_namespace, _now()
+        rows: Sequence[Row[Any]] = self._failsafe.run(
+            "stats", (), lambda: self._read(stats_rows, namespace, now), on_error="raise"
+        )
+        return _stats_of(rows, self._failures)
 
     async def astats(self) -> CacheStats:
         """Async :meth:`stats`, on the async engine."""
         await self._aflush_hits(self._hits.take() if self._hits else [])
-        try:
-            rows = await self._aread(stats_rows, self._escaped_namespace, _now())
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise self._unavailable("stats", exc) from exc
-        return _stats_of(rows, self._failures.count)
+        namespace, now = self._escaped_namespace, _now()
+        rows: Sequence[Row[Any]] = await self._failsafe.arun(
+            "stats", (), lambda: self._aread(stats_rows, namespace, now), on_error="raise"
+        )
+        return _stats_of(rows, self._failures)
 
     def close(self) -> None:
         """Write pending hits; dispose of the sync engines this cache built."""
@@ -484,42 +504,16 @@ class SQLCache(BaseCache):
         return self._escaped_namespace, _now(), self.max_entries, self.max_bytes, self.batch_size
 
     def _flush_hits(self, hits: list[dict[str, Any]]) -> None:
-        if not hits:
-            return
-        try:
-            self._write(record_hits, hits)
-        except Exception as exc:  # noqa: BLE001 - a lost hit count never fails a lookup
-            self._failures.record("record hits", exc)
+        if hits:  # a lost hit count never fails the lookup that flushes it
+            self._failsafe.run(
+                "record hits", None, lambda: self._write(record_hits, hits), on_error="warn"
+            )
 
     async def _aflush_hits(self, hits: list[dict[str, Any]]) -> None:
-        if not hits:
-            return
-        try:
-            await self._awrite(record_hits, hits)
-        except Exception as exc:  # noqa: BLE001 - a lost hit count never fails a lookup
-            self._failures.record("record hits", exc)
-
-    def _failed(self, operation: str, exc: Exception, fallback: T) -> T:
-        """Apply the failure policy to an operation's error.
-
-        A transient failure, a value too large for the server or one the cache cannot store
-        exactly becomes ``fallback`` (warn) or is raised (raise: our own errors as they are,
-        driver errors as CacheUnavailableError); anything else is raised as it is.
-        """
-        if not (is_transient(exc) or isinstance(exc, (ValueTooLargeError, UnstorableValueError))):
-            raise exc
-        if self.on_error == "warn":
-            self._failures.record(operation, exc)
-            return fallback
-        if isinstance(exc, SQLCacheError):
-            raise exc
-        raise self._unavailable(operation, exc) from exc
-
-    def _unavailable(self, operation: str, exc: Exception) -> CacheUnavailableError:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return CacheUnavailableError(
-            f"{operation} failed, the database is unavailable: {detail[0] if detail else exc!r}"
-        )
+        if hits:
+            await self._failsafe.arun(
+                "record hits", None, lambda: self._awrite(record_hits, hits), on_error="warn"
+            )
 
     def _ready_engines(self) -> EnginePair[Engine]:
         if self._engines is None:
@@ -527,8 +521,7 @@ class SQLCache(BaseCache):
         if not self._engines_ready:
             with self._ready_lock:
                 if not self._engines_ready:
-                    with self._engines.writer.connect() as connection:
-                        ensure_schema(connection, self.schema, create=self.create_tables)
+                    _check_schema(self._engines, self.schema, self.create_tables)
                     self._engines_ready = True
         return self._engines
 
@@ -544,8 +537,9 @@ class SQLCache(BaseCache):
             # Tasks that race here each run the check (the migration itself serializes on a
             # database lock); no lock is held across an await, so the cache stays usable from
             # successive event loops.
-            async with engines.writer.connect() as connection:
-                await connection.run_sync(ensure_schema, self.schema, create=self.create_tables)
+            await greenlet_spawn(
+                _check_schema, engines.sync, self.schema, self.create_tables, _require_await=False
+            )
             self._async_engines_ready = True
         return engines
 
@@ -612,17 +606,22 @@ class SQLCache(BaseCache):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run ``work`` on the sync engines.
+        """Run ``work`` on the sync engines, unless their server is being skipped.
 
-        Transient failures (a lost pooled connection, a deadlock, a failover) are retried
-        with jittered backoff.
+        Failures that another attempt may get through at once (a lost pooled connection, a
+        deadlock, a failover) are retried with jittered backoff; the circuit breaker learns
+        how the operation ended.
         """
+        probe = self._breaker.admit()
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return work(self._ready_engines(), *args, **kwargs)
-            except Exception as exc:
-                if attempt == ATTEMPTS or not is_transient(exc):
+                result = work(self._ready_engines(), *args, **kwargs)
+            except BaseException as exc:
+                if not _retry(self._breaker, probe, exc, attempt):
                     raise
+            else:
+                self._breaker.settle(probe, None)
+                return result
             time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -649,8 +648,9 @@ class SQLCache(BaseCache):
 
     def _finished_in_background(self, task: asyncio.Future[Any]) -> None:
         self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._failures.record("cancelled operation", task.exception() or Exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # nobody is left to raise it to: counted and logged
+            self._failures.record("cancelled operation", kind_of(exc) or "error", exc)
 
     async def _arun_unshielded(
         self,
@@ -658,18 +658,22 @@ class SQLCache(BaseCache):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
+        probe = self._async_breaker.admit()
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 engines = await self._ready_async_engines()
                 # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
                 # the return to the pool, where the async engine's sync facade drives the
                 # async driver.
-                return await greenlet_spawn(
+                result = await greenlet_spawn(
                     work, engines.sync, *args, _require_await=False, **kwargs
                 )
-            except Exception as exc:
-                if attempt == ATTEMPTS or not is_transient(exc):
+            except BaseException as exc:
+                if not _retry(self._async_breaker, probe, exc, attempt):
                     raise
+            else:
+                self._async_breaker.settle(probe, None)
+                return result
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -679,20 +683,63 @@ class SQLCache(BaseCache):
 
 
 def _in_transaction(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
-    with engines.writer.begin() as connection:
+    with opened(engines.writer) as connection, connection.begin():
         return operation(connection)
 
 
 def _on_reader(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
-    with engines.reader.connect() as connection:
+    with opened(engines.reader) as connection:
         return operation(connection)
+
+
+def _check_schema(engines: EnginePair[Engine], schema: str | None, create: bool) -> None:
+    """The first use's check (and creation) of the tables.
+
+    A database error here that no retry fixes (a role without the right to create the
+    tables, say) is the configuration's, raised as SchemaError under either policy.
+    """
+    with opened(engines.writer) as connection:
+        try:
+            ensure_schema(connection, schema, create=create)
+        except DBAPIError as exc:
+            if is_transient(exc):
+                raise
+            detail = str(exc.orig).strip().splitlines()
+            msg = f"the cache's tables cannot be checked or created: {detail[0] if detail else exc}"
+            raise SchemaError(msg) from exc
+
+
+def _retry(breaker: CircuitBreaker, probe: bool, exc: BaseException, attempt: int) -> bool:
+    """Whether to try an operation again after ``exc``; if not, tell the breaker."""
+    if attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc):
+        return True
+    breaker.settle(probe, exc)
+    return False
+
+
+def _breakers(
+    engines: EnginePair[Engine] | None, async_engines: EnginePair[AsyncEngine] | None
+) -> tuple[CircuitBreaker, CircuitBreaker]:
+    """A breaker for each family's server, the same one when both talk to the same server."""
+    urls = [pair.writer.url if pair is not None else None for pair in (engines, async_engines)]
+    servers = [
+        (url.get_backend_name(), url.host, url.port, url.database) if url else None for url in urls
+    ]
+    names = [
+        url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+        if url
+        else "database"
+        for url in urls
+    ]
+    breaker = CircuitBreaker(names[0])
+    return breaker, breaker if servers[0] == servers[1] else CircuitBreaker(names[1])
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _stats_of(rows: Sequence[Row[Any]], failures: int) -> CacheStats:
+def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog) -> CacheStats:
     models = {
         row.llm_model: ModelStats(
             entries=int(row.entries),
@@ -710,7 +757,8 @@ def _stats_of(rows: Sequence[Row[Any]], failures: int) -> CacheStats:
         expired=sum(m.expired for m in models.values()),
         hits=sum(m.hits for m in models.values()),
         models=models,
-        failures=failures,
+        failures=failures.count,
+        failures_by_kind=dict(failures.by_kind),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from sqlalchemy import exc as sa_exc
@@ -65,6 +66,24 @@ class CacheUnavailableError(SQLCacheError):
     """
 
 
+class CircuitOpenError(CacheUnavailableError):
+    """The database was found unavailable moments ago: the operation was not even tried.
+
+    Raised at once under ``on_error="raise"`` while the cache's circuit breaker is open,
+    with the error that opened it chained.
+    """
+
+
+class DatabaseRefusedError(SQLCacheError):
+    """The database refused a statement with an error that a retry would meet again.
+
+    A value it will not store (a number out of its column's range, a JSON document it
+    rejects, a constraint or trigger), or a right it does not grant: raised under
+    ``on_error="raise"`` with the driver's error chained; under ``"warn"`` the operation is a
+    counted miss or no-op.
+    """
+
+
 # Transient failures: a retry, a new connection or a little patience fixes them. SQLSTATE
 # classes 08 (connection), 57P0x (shutdown), 40001/40P01 (serialization, deadlock), 55P03
 # (lock not available), 25006 (read-only transaction: a standby after failover), 53300 (too
@@ -103,6 +122,46 @@ def is_transient(exc: BaseException) -> bool:
         "connection" in message.lower()
         and (isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)))
     )
+
+
+# Timeouts: a statement cancelled by statement_timeout (57014), MySQL's max_execution_time
+# (3024) and MariaDB's max_statement_time (1969). A retry would wait as long again.
+TIMEOUT_SQLSTATES = frozenset({"57014"})
+TIMEOUT_MYSQL_CODES = frozenset({1969, 3024})
+# Transient failures that say the server is up but busy (rows locked, a deadlock, a
+# serialization failure, SQLite's file lock): worth a retry, never a sign of an outage.
+CONTENTION_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+CONTENTION_MYSQL_CODES = frozenset({1205, 1213})
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Tell whether an error is a timeout: connecting, waiting for an answer, or a statement."""
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return True
+    for error in _chain(getattr(exc, "orig", None) or exc):
+        if isinstance(error, (TimeoutError, asyncio.TimeoutError)) or _code_in(
+            error, TIMEOUT_SQLSTATES, TIMEOUT_MYSQL_CODES
+        ):
+            return True
+        message = str(error).lower()
+        # psycopg's "connection timeout expired", PyMySQL's "(timed out)".
+        if "timeout expired" in message or "timed out" in message:
+            return True
+    return False
+
+
+def is_contention(exc: BaseException) -> bool:
+    """Tell whether a transient error is contention on a live server (locks, deadlocks)."""
+    error = getattr(exc, "orig", None) or exc
+    return _code_in(error, CONTENTION_SQLSTATES, CONTENTION_MYSQL_CODES) or any(
+        text in str(error) for text in TRANSIENT_SQLITE_MESSAGES
+    )
+
+
+def _code_in(error: BaseException, sqlstates: frozenset[str], codes: frozenset[int]) -> bool:
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    args = getattr(error, "args", ())
+    return sqlstate in sqlstates or bool(args and isinstance(args[0], int) and args[0] in codes)
 
 
 def _transient_sqlstate(error: BaseException) -> bool:

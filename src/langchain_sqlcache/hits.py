@@ -6,13 +6,10 @@ never queue readers on a row lock.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import datetime
 from typing import Any
-
-logger = logging.getLogger("langchain_sqlcache")
 
 MAX_PENDING_KEYS = 256
 MAX_PENDING_SECONDS = 1.0
@@ -59,33 +56,3 @@ class HitBuffer:
         self._pending = {}
         self._oldest = None
         return batch
-
-
-class FailureLog:
-    """Counts operations that failed over, and logs them at most once per interval."""
-
-    def __init__(self, interval_seconds: float = 60.0) -> None:
-        self._lock = threading.Lock()
-        self._interval = interval_seconds
-        self._last_report: float | None = None
-        self._unreported = 0
-        self.count = 0
-
-    def record(self, operation: str, exc: BaseException) -> None:
-        """Count a failure; log it unless one was logged less than an interval ago."""
-        with self._lock:
-            self.count += 1
-            now = time.monotonic()
-            if self._last_report is not None and now - self._last_report < self._interval:
-                self._unreported += 1
-                return
-            unreported, self._unreported, self._last_report = self._unreported, 0, now
-        logger.warning(
-            "langchain-sqlcache: %s failed over (%s: %s); %d more failures since the last "
-            "report, %d in all",
-            operation,
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-            unreported,
-            self.count,
-        )

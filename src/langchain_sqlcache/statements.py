@@ -50,6 +50,7 @@ from sqlalchemy.sql import ClauseElement
 from langchain_sqlcache.codec import utf8_size
 from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
 from langchain_sqlcache.errors import ValueTooLargeError
+from langchain_sqlcache.failsafe import CONNECTING, opened
 from langchain_sqlcache.models import entry_table, generation_table
 from langchain_sqlcache.sqlalchemy_internals import (
     as_sqlalchemy_error,
@@ -501,11 +502,12 @@ def run_on_reader(
     """
     dialect = engine.dialect
     parameters = query.parameters(values)
-    try:
-        connection = engine.raw_connection()
-    except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
-        gone = dialect.is_disconnect(exc, None, None)
-        raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
+    with CONNECTING:
+        try:
+            connection = engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
+            gone = dialect.is_disconnect(exc, None, None)
+            raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
     try:
@@ -648,7 +650,7 @@ def store_value(
             engines.reader, query, values, engines.reader_mode, check if one_packet else None
         )
         return
-    with engines.writer.begin() as connection:
+    with opened(engines.writer) as connection, connection.begin():
         write_value(connection, entry_row, generation_rows)
 
 
