@@ -46,6 +46,7 @@ def test_constructor_signature() -> None:
         "transaction_pooler",
         "connect_timeout",
         "statement_timeout",
+        "pydantic_classes",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import enum
+import json
+import logging
+import math
+import re
 import threading
 import time
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.load import dumps
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -17,13 +30,15 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, Generation, GenerationChunk
+from pydantic import BaseModel
 from sqlalchemy import create_engine, func, select, text
 
-from langchain_sqlcache import SQLCache
-from langchain_sqlcache.codec import unescape_text
+from langchain_sqlcache import ConfigurationError, SQLCache
+from langchain_sqlcache.codec import escape_text, unescape_text
+from langchain_sqlcache.errors import UnstorableValueError
 from langchain_sqlcache.models import entry_table, generation_table
 from langchain_sqlcache.statements import driver_query
-from langchain_sqlcache.transfer import export_records
+from langchain_sqlcache.transfer import export_records, import_lines, to_line
 from tests.conftest import TEST_PACKET_BYTES, Backend, skip_or_fail, unique_namespace
 from tests.helpers import get, put, wipe
 
@@ -37,6 +52,7 @@ HOSTILE_STRINGS = [
     "before\x00after",
     "emoji 😀🧪🚀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
     "lone surrogate \ud800 here",
+    "a surrogate pair \ud83d\ude00 as two code points",
     "\ufdd0starts with the escape marker",
     "'; DROP TABLE llm_cache_entry; --",
     "back\\slash \\x00 \\u0000 %s %(name)s",
@@ -384,6 +400,18 @@ class CustomGeneration(Generation):
     """A subclass the cache cannot rebuild exactly."""
 
 
+class CustomMessage(AIMessage):
+    """A message subclass the cache does not rebuild (its type is still "ai")."""
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
 @pytest.mark.parametrize(
     ("bad_value", "named"),
     [
@@ -391,9 +419,11 @@ class CustomGeneration(Generation):
         ([{"text": "a dict"}], "builtins.dict"),
         ("a bare string", "str"),
         ([CustomGeneration(text="subclass")], "CustomGeneration"),
-        ([Generation(text="nan", generation_info={"x": float("nan")})], "not JSON"),
+        ([ChatGeneration(message=CustomMessage(content="m"))], "CustomMessage"),
+        # The programming error wins over a value the cache would refuse.
+        ([Generation(text="e", generation_info={"e": Color.RED}), "x"], "builtins.str"),
     ],
-    ids=["str-item", "dict-item", "bare-str", "subclass", "nan"],
+    ids=["str-item", "dict-item", "bare-str", "subclass", "message-subclass", "mixed"],
 )
 async def test_non_generation_values_raise_and_write_nothing(
     async_cache: SQLCache, family: str, bad_value: Any, named: str
@@ -412,3 +442,261 @@ async def test_clear_rejects_unknown_options(async_cache: SQLCache) -> None:
         async_cache.clear(bogus=True)
     with pytest.raises(TypeError, match="bogus"):
         await async_cache.aclear(bogus=True)
+
+
+# -- values beyond plain JSON: exact or not at all (issue 13) ------------------------------
+
+
+class Person(BaseModel):
+    """What with_structured_output(method="json_schema") puts in additional_kwargs["parsed"]."""
+
+    name: str
+    born: datetime
+    aliases: tuple[str, ...] = ()
+
+
+class Team(BaseModel):
+    lead: Person
+    members: list[Person]
+
+
+class NotAllowed(BaseModel):
+    when: datetime
+
+
+# The values of the issue's first defect: each crashed model.invoke() with a TypeError
+# after the model had answered; LangChain's InMemoryCache stores them all exactly.
+ISSUE_VALUES: dict[str, Any] = {
+    "datetime": {"when": datetime(2025, 1, 1)},
+    "aware-datetime": datetime(2025, 3, 30, 2, 30, tzinfo=ZoneInfo("Europe/Paris"), fold=1),
+    "pydantic": Person(name="Ada", born=datetime(1815, 12, 10, tzinfo=timezone.utc)),
+    "bytes": b"\x00\xff raw",
+    "set": {1, 2, 3},
+    "tuple": ("a", (1, 2.5)),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "decimal": Decimal("-1.50E+3"),
+    "nan": float("nan"),
+    "int-keys": {1: "one", 2: "two"},
+}
+
+
+def chat_model(cache: Any, message: AIMessage) -> GenericFakeChatModel:
+    """A chat model that answers ``message`` once: a second call that is not a hit fails."""
+    return GenericFakeChatModel(messages=iter([message]), cache=cache)
+
+
+async def invoke(model: GenericFakeChatModel, family: str) -> Any:
+    if family == "sync":
+        return model.invoke("the question")
+    return await model.ainvoke("the question")
+
+
+def pydantic_cache(backend: Backend, **options: Any) -> SQLCache:
+    return SQLCache(
+        backend.url, namespace=unique_namespace(), pydantic_classes=[Person, Team], **options
+    )
+
+
+@pytest.mark.parametrize("name", list(ISSUE_VALUES))
+async def test_a_models_values_come_back_exactly(backend: Backend, family: str, name: str) -> None:
+    message = AIMessage(
+        "the answer", id="msg-1", additional_kwargs={"parsed": ISSUE_VALUES[name], "n": 1}
+    )
+    cache = pydantic_cache(backend, on_error="raise")
+    try:
+        model = chat_model(cache, message)
+        reference = chat_model(InMemoryCache(), message)
+        assert await invoke(model, family) == await invoke(reference, family)
+        hit = await invoke(model, family)  # the model has no second answer: a hit
+        expected = await invoke(reference, family)
+        assert dumps(hit) == dumps(expected)
+        if name != "nan":  # NaN != NaN: the dumps above compare it
+            assert hit == expected
+        parsed = hit.additional_kwargs["parsed"]
+        assert type(parsed) is type(ISSUE_VALUES[name])
+    finally:
+        await cache.aclear()
+        await cache.aclose()
+
+
+async def only_generation(cache: SQLCache, family: str) -> ChatGeneration:
+    hit = await get(cache, family, "p", LLM)
+    assert hit is not None
+    [generation] = hit
+    assert isinstance(generation, ChatGeneration)
+    return generation
+
+
+async def test_pydantic_models_not_allowed_come_back_as_their_plain_data(
+    backend: Backend, family: str
+) -> None:
+    value = NotAllowed(when=datetime(2025, 1, 1, tzinfo=timezone.utc))
+    team = Team(lead=Person(name="a", born=datetime(2000, 1, 1)), members=[])
+    generation = ChatGeneration(
+        message=AIMessage("x", additional_kwargs={"parsed": value, "team": team})
+    )
+    writer = pydantic_cache(backend)
+    reader = SQLCache(backend.url, namespace=writer.namespace)  # allows no class
+    try:
+        await put(writer, family, "p", LLM, [generation])
+        hit = await only_generation(writer, family)
+        assert hit.message.additional_kwargs == {"parsed": value.model_dump(), "team": team}
+        assert type(hit.message.additional_kwargs["team"].lead) is Person
+        # A row naming a class the reading cache does not allow: its fields, never an import.
+        plain = await only_generation(reader, family)
+        assert plain.message.additional_kwargs["team"] == team.model_dump()
+    finally:
+        await writer.aclear()
+        await writer.aclose()
+        await reader.aclose()
+
+
+def test_pydantic_classes_must_be_model_classes() -> None:
+    with pytest.raises(ConfigurationError, match="BaseModel subclasses"):
+        SQLCache("sqlite://", pydantic_classes=[Person(name="a", born=datetime(2000, 1, 1))])  # type: ignore[list-item]
+
+
+async def test_enums_and_objects_are_a_counted_no_op_with_a_warning(
+    backend: Backend, family: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = AIMessage("answer", id="m", additional_kwargs={"x": [1, {"color": Color.RED}]})
+    cache = SQLCache(backend.url, namespace=unique_namespace())
+    try:
+        with caplog.at_level(logging.WARNING, logger="langchain_sqlcache"):
+            model = GenericFakeChatModel(messages=iter([message, message]), cache=cache)
+            answer = await invoke(model, family)  # the model call is not broken
+        assert answer.additional_kwargs == message.additional_kwargs
+        assert "additional_kwargs['x'][1]['color']" in caplog.text
+        assert await get(cache, family, "p", LLM) is None
+        assert cache.stats().failures == 1
+        assert cache.stats().entries == 0
+    finally:
+        await cache.aclose()
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "kind"),
+    [
+        ({"c": Color.RED}, "return_val[0].message.additional_kwargs['c']", "Color"),
+        ({"i": [Level.LOW]}, "additional_kwargs['i'][0]", "Level"),
+        ({"s": {"k": object()}}, "additional_kwargs['s']['k']", "builtins.object"),
+        ({"o": OrderedDict(a=1)}, "additional_kwargs['o']", "collections.OrderedDict"),
+        ({"k": {Color.RED: 1}}, "additional_kwargs['k'][<Color.RED: 'red'>]", "Color"),
+    ],
+    ids=["enum", "int-enum", "object", "dict-subclass", "enum-key"],
+)
+async def test_unstorable_values_raise_under_raise_naming_their_path(
+    backend: Backend, family: str, value: dict[str, Any], path: str, kind: str
+) -> None:
+    cache = SQLCache(backend.url, namespace=unique_namespace(), on_error="raise")
+    generation = ChatGeneration(message=AIMessage("x", additional_kwargs=value))
+    try:
+        await put(cache, family, "p", LLM, [Generation(text="kept")])
+        with pytest.raises(UnstorableValueError, match=re.escape(path)) as raised:
+            await put(cache, family, "p", LLM, [generation])
+        assert kind in str(raised.value)
+        assert await get(cache, family, "p", LLM) == [Generation(text="kept")]
+        assert cache.stats().failures == 0
+    finally:
+        await cache.aclear()
+        await cache.aclose()
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+async def test_json_nested_past_what_mariadb_accepts(
+    backend: Backend, async_cache: SQLCache, family: str
+) -> None:
+    deep = nested(40, "leaf")
+    value = [
+        Generation(text="g", generation_info={"deep": deep, "tuples": nested(12, (1, (2,)))}),
+        ChatGeneration(message=AIMessage("m", additional_kwargs={"deep": deep})),
+    ]
+    await put(async_cache, family, "p", LLM, value)
+    assert await get(async_cache, family, "p", LLM) == value
+
+
+async def test_token_counts_beyond_integer_columns(
+    backend: Backend, async_cache: SQLCache, family: str
+) -> None:
+    counts = {"input_tokens": 2**40, "output_tokens": 2**70, "total_tokens": 2**70 + 2**40}
+    value = [ChatGeneration(message=AIMessage("m", usage_metadata=counts))]
+    await put(async_cache, family, "p", LLM, value)
+    assert await get(async_cache, family, "p", LLM) == value
+    engine = create_engine(backend.sync_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(generation_table.c.input_tokens, generation_table.c.output_tokens)
+                .join(entry_table)
+                .where(entry_table.c.namespace == async_cache.namespace)
+            ).one()
+    finally:
+        engine.dispose()
+    # BIGINT holds 2**40; 2**70 does not, so its column is NULL (the message keeps it).
+    assert tuple(row) == (2**40, None)
+
+
+async def test_json_keeps_key_order_and_numbers_as_written(
+    async_cache: SQLCache, family: str
+) -> None:
+    # jsonb (Postgres before revision 0005) sorted keys, wrote 1e23 as an integer, 1e16 as
+    # an int and -0.0 as 0.0: the hit was ==, but LangChain's dumps of it was not.
+    info = {"zebra": 1, "apple": [1e23, 1e16, -0.0, 0.1], "mango": {"b": 2, "a": 1}}
+    message = AIMessage("m", response_metadata={"z": 1, "a": 2}, additional_kwargs=info)
+    value = [ChatGeneration(message=message, generation_info=info)]
+    await put(async_cache, family, "p", LLM, value)
+    hit = await get(async_cache, family, "p", LLM)
+    assert hit is not None
+    assert dumps(hit) == dumps(value)
+    assert list(hit[0].generation_info or {}) == ["zebra", "apple", "mango"]
+    numbers = (hit[0].generation_info or {})["apple"]
+    assert [type(n) for n in numbers] == [float] * 4
+    assert math.copysign(1.0, numbers[2]) == -1.0
+
+
+def test_escaped_text_of_earlier_rows_still_decodes() -> None:
+    # The form before the surrogate-pair fix: the marker and a JSON string.
+    assert unescape_text('\ufdd0"nul\\u0000 and \\ud800"') == "nul\x00 and \ud800"
+    pair = "\ud83d\ude00"
+    assert len(unescape_text(escape_text(pair))) == 2
+    with pytest.raises(ValueError, match="unknown form"):
+        unescape_text("\ufdd0?what")
+
+
+def test_export_and_import_keep_tagged_values(backend: Backend) -> None:
+    value: list[Generation] = [
+        ChatGeneration(
+            message=AIMessage(
+                "m\x00",
+                additional_kwargs={
+                    "parsed": ISSUE_VALUES["pydantic"],
+                    "when": ISSUE_VALUES["aware-datetime"],
+                    "pair": "\ud83d\ude00",
+                    "\ufdd0": (float("nan"), {1: b"x"}),
+                },
+            ),
+            generation_info={"deep": nested(40, {2, 3})},
+        )
+    ]
+    source = pydantic_cache(backend)
+    target = pydantic_cache(backend)
+    try:
+        source.update("p", LLM, value)
+        lines = [to_line(record) for record in export_records(source, all_namespaces=False)]
+        assert json.loads(lines[0])["format"] == "langchain-sqlcache/2"
+        result = import_lines(target, lines, keep_namespaces=False)
+        assert (result.imported, result.skipped) == (1, 0)
+        hit = target.lookup("p", LLM)
+        assert hit is not None
+        assert dumps(hit) == dumps(value)
+    finally:
+        source.clear()
+        target.clear()
+        source.close()
+        target.close()

@@ -10,18 +10,25 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
+from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Row, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from langchain_sqlcache.codec import decode_generations, encode_entry, entry_key, escape_text
+from langchain_sqlcache.codec import (
+    decode_generations,
+    encode_entry,
+    entry_key,
+    escape_text,
+    model_allowlist,
+)
 from langchain_sqlcache.engines import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
@@ -174,6 +181,11 @@ class SQLCache(BaseCache):
             as ``engine=``/``async_engine=`` are left as they are, and migrations run by
             ``langchain-sqlcache db upgrade`` get no statement timeout. A timeout the URL or
             ``connect_args`` sets wins.
+        pydantic_classes: Pydantic model classes whose instances in a value (such as
+            ``additional_kwargs["parsed"]`` of ``with_structured_output``) come back as
+            instances; found by module and qualified name in this list only, never imported
+            by a name read from a row. Instances of other classes are stored as their
+            ``model_dump()`` and come back as that plain data (see ``codec``).
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
             built from ``url``.
 
@@ -199,6 +211,7 @@ class SQLCache(BaseCache):
         transaction_pooler: bool = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_SECONDS,
         statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+        pydantic_classes: Iterable[type[BaseModel]] = (),
         **engine_kwargs: Any,
     ) -> None:
         namespace = checked_namespace(namespace)
@@ -222,6 +235,7 @@ class SQLCache(BaseCache):
             raise ConfigurationError(msg)
         self.on_error = on_error
         timeouts = Timeouts(connect=connect_timeout, statement=statement_timeout)
+        self._models = model_allowlist(pydantic_classes)
         self._failures = FailureLog()
         self._failsafe = Failsafe(on_error, self._failures)
         self._hits = HitBuffer() if record_hits else None
@@ -285,7 +299,7 @@ class SQLCache(BaseCache):
         rows: Sequence[Sequence[Any]] = self._failsafe.run(
             "lookup", (), lambda: self._run(lookup_rows, key_hash, now)
         )
-        value = decode_generations(rows, key_hash=key_hash)
+        value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             self._flush_hits(self._hits.add(key_hash, now))
         return value
@@ -296,7 +310,7 @@ class SQLCache(BaseCache):
         rows: Sequence[Sequence[Any]] = await self._failsafe.arun(
             "lookup", (), lambda: self._arun(lookup_rows, key_hash, now)
         )
-        value = decode_generations(rows, key_hash=key_hash)
+        value = decode_generations(rows, key_hash=key_hash, models=self._models)
         if value is not None and self._hits is not None:
             await self._aflush_hits(self._hits.add(key_hash, now))
         return value
@@ -307,9 +321,15 @@ class SQLCache(BaseCache):
         An empty ``return_val`` deletes the entry: an empty value is not an answer a model
         can return, so the next lookup is a miss.
 
+        A value that holds something the cache cannot store and rebuild exactly (an Enum,
+        an arbitrary object: see ``codec``) is refused before any database work, under the
+        failure policy: a counted no-op with a warning under ``on_error="warn"``.
+
         Raises:
             TypeError: ``return_val`` holds something other than a Generation (nothing is
                 written).
+            UnstorableValueError: under ``on_error="raise"``, a value the cache cannot store
+                exactly, named by its path and type (nothing is written).
 
         """
         self._failsafe.run("update", None, lambda: self._store(prompt, llm_string, return_val))
@@ -478,6 +498,7 @@ class SQLCache(BaseCache):
             updated_at=now,
             expires_at=now + self.ttl if self.ttl else None,
             secret=self._key_secret,
+            models=self._models,
         )
 
     def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,12 @@ One line per entry::
      "generations": [{"type": "ChatGeneration", "text": "...", "generation_info": {...},
                       "message": {...}}]}
 
-Strings are the real strings (JSON escapes NUL and lone surrogates); ``message`` holds the chat
-message's fields as the cache stores them (``content`` left out when it equals ``text``).
-Import rebuilds every value through the cache's allowlisted decoder, so a file is untrusted
-input like a row.
+``namespace``, ``prompt``, ``llm_string`` and ``text`` are the real strings (JSON escapes NUL
+and lone surrogates); ``generation_info`` and ``message`` are the documents as the cache stores
+them (see ``codec``: tagged values, escaped strings; ``content`` left out when it equals
+``text``). Lines of format ``langchain-sqlcache/1`` (plain documents with real strings, from
+earlier versions) are read too. Import rebuilds every value through the cache's allowlisted
+decoder, so a file is untrusted input like a row.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from langchain_sqlcache.codec import (
     escape_json,
     escape_text,
     rebuild_generations,
-    unescape_json,
     unescape_text,
     utf8_size,
 )
@@ -48,7 +49,9 @@ if TYPE_CHECKING:
 
     from langchain_sqlcache.cache import SQLCache
 
-FORMAT = "langchain-sqlcache/1"
+FORMAT = "langchain-sqlcache/2"
+# Documents with real strings and no tags, written before the codec's tagged values.
+PLAIN_FORMAT = "langchain-sqlcache/1"
 EXPORT_PAGE = 1000
 IMPORT_BATCH = 500
 
@@ -105,8 +108,8 @@ def _record(entry: Row[Any], generations: list[Row[Any]]) -> dict[str, Any]:
             {
                 "type": g.generation_type,
                 "text": unescape_text(g.text),
-                "generation_info": unescape_json(g.generation_info),
-                "message": unescape_json(g.message),
+                "generation_info": g.generation_info,
+                "message": g.message,
             }
             for g in generations
         ],
@@ -285,7 +288,7 @@ def _value_of(
 def _rows_of(
     record: Any, cache: SQLCache, keep_namespaces: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in (FORMAT, PLAIN_FORMAT):
         msg = f"not a {FORMAT} record"
         raise InvalidLine(msg)
     # The API's rules: a namespace the constructor would refuse is refused here too.
@@ -298,18 +301,20 @@ def _rows_of(
     if not all(isinstance(g, dict) for g in generations):
         msg = "a generation is not an object"
         raise InvalidLine(msg)
+    # Format 2 holds the documents as stored; format 1 held them unescaped.
+    stored: Callable[[Any], Any] = _as_stored if record["format"] == FORMAT else escape_json
     rows = [
         (
             g.get("type"),
             escape_text(_string(g, "text")),
-            escape_json(g.get("generation_info")),
-            escape_json(g.get("message")),
+            stored(g.get("generation_info")),
+            stored(g.get("message")),
         )
         for g in generations
     ]
     try:
         # The allowlisted decoder, as for a row read from the database.
-        value = rebuild_generations(rows)
+        value = rebuild_generations(rows, models=cache._models)
     except Exception as exc:
         msg = f"its generations cannot be rebuilt ({_reason(exc)})"
         raise InvalidLine(msg) from exc
@@ -322,6 +327,7 @@ def _rows_of(
         updated_at=_instant(record, "updated_at"),
         expires_at=_optional_instant(record, "expires_at"),
         secret=cache._key_secret,
+        models=cache._models,
     )
     hit_count = record.get("hit_count", 0)
     if not isinstance(hit_count, int) or isinstance(hit_count, bool) or hit_count < 0:
@@ -330,6 +336,10 @@ def _rows_of(
     entry_row["hit_count"] = hit_count
     entry_row["last_hit_at"] = _optional_instant(record, "last_hit_at")
     return entry_row, generation_rows
+
+
+def _as_stored(document: Any) -> Any:
+    return document
 
 
 def _string(record: dict[str, Any], name: str) -> str:
