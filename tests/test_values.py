@@ -477,6 +477,9 @@ ISSUE_VALUES: dict[str, Any] = {
     "decimal": Decimal("-1.50E+3"),
     "nan": float("nan"),
     "int-keys": {1: "one", 2: "two"},
+    # pydantic parses "...Z" and "+02:30" into its own pydantic_core.TzInfo: what a
+    # structured output's datetime holds.
+    "pydantic-zone": Person.model_validate({"name": "Ada", "born": "1815-12-10T00:00:00+02:30"}),
 }
 
 

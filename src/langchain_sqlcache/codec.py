@@ -34,7 +34,9 @@ when it equals the generation's text) are JSON documents:
   to 6 elements can be rebuilt in it; a set whose hash table grew and shrank may come back
   ``==`` but iterating in another order.
   ``tz`` is null (naive), ``["timezone", offset_microseconds, name_or_null]`` for
-  ``datetime.timezone`` or ``["zoneinfo", key]``; other tzinfo classes are refused.
+  ``datetime.timezone``, ``["zoneinfo", key]``, or ``["pydantic", offset_seconds]`` for the
+  ``pydantic_core.TzInfo`` that pydantic gives a parsed "...Z" or "+02:00" (what structured
+  output holds); other tzinfo classes are refused.
   Ordinary data never produces such an object: a string that starts with the marker is
   escaped (below), so the bare marker is never a key of user data.
 * Pydantic model instances (``with_structured_output`` puts one in
@@ -93,6 +95,7 @@ from langchain_core.outputs import (
     GenerationChunk,
 )
 from pydantic import BaseModel, RootModel
+from pydantic_core import TzInfo
 
 from langchain_sqlcache.errors import ConfigurationError, UnstorableValueError
 
@@ -450,6 +453,11 @@ def _tz(zone: tzinfo | None) -> Any:
         ]
     if type(zone) is ZoneInfo and zone.key is not None:
         return ["zoneinfo", escape_text(zone.key)]
+    if type(zone) is TzInfo:
+        # A fixed offset in whole seconds (its constructor's only argument).
+        offset = zone.utcoffset(None)
+        if offset is not None and offset % timedelta(seconds=1) == timedelta(0):
+            return ["pydantic", offset // timedelta(seconds=1)]
     raise _Refused(zone, "only datetime.timezone and zoneinfo.ZoneInfo zones are kept")
 
 
@@ -801,6 +809,8 @@ def _decode_tz(spec: Any) -> tzinfo | None:
         return timezone(offset) if args[1] is None else timezone(offset, unescape_text(args[1]))
     if kind == "zoneinfo":
         return ZoneInfo(unescape_text(args[0]))
+    if kind == "pydantic" and type(args[0]) is int:
+        return TzInfo(args[0])
     msg = f"unknown time zone form {kind!r}"
     raise ValueError(msg)
 
