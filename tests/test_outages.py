@@ -17,6 +17,7 @@ slow one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -237,6 +238,39 @@ async def test_a_server_that_stops_answering_mid_statement_costs_the_read_timeou
         # against the same stalled proxy: bounded, where it used to be forever.
         assert stalled < 30
         tap.stalled = False
+    finally:
+        tap.stalled = False
+        await cache.aclear()
+        await cache.aclose()
+        tap.close()
+
+
+@servers
+async def test_the_async_deadline_bounds_drivers_without_a_read_timeout(backend: Backend) -> None:
+    """aiomysql and async psycopg have no read timeout: the async path's deadline (connect +
+    statement timeout) bounds a lookup against a server that stops answering mid-statement;
+    the connection it gave up on is thrown away, and the cache serves again once the
+    server answers."""
+    tap = WireTap(backend.url)
+    url = tap.url
+    if backend.name == "postgresql":  # asyncpg bounds itself (command_timeout)
+        url = url.set(drivername="postgresql+psycopg_async")
+    cache = SQLCache(url, namespace=unique_namespace(), statement_timeout=1.0)
+    try:
+        await put(cache, "async", "p", LLM, VALUE)
+        assert await get(cache, "async", "p", LLM) == VALUE
+        tap.stalled = True
+        started = time.perf_counter()
+        assert await get(cache, "async", "p", LLM) is None
+        stalled = time.perf_counter() - started
+        print(f"\nstalled async {url.drivername}: a lookup gave up after {stalled * 1000:.0f} ms")
+        assert stalled < 30
+        tap.stalled = False
+        deadline = time.monotonic() + RECOVERY_BOUND
+        while await get(cache, "async", "p", LLM) != VALUE:
+            assert time.monotonic() < deadline, "the cache did not serve again"
+            await asyncio.sleep(0.05)
+        assert (await cache.astats()).failures_by_kind.get("timeout", 0) >= 1
     finally:
         tap.stalled = False
         await cache.aclear()

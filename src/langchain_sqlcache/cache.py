@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
@@ -694,6 +694,33 @@ class SQLCache(BaseCache):
         if exc is not None:  # nobody is left to raise it to: counted and logged
             self._failures.record("cancelled operation", kind_of(exc) or "error", exc)
 
+    async def _within(self, deadline: float | None, operation: Awaitable[T]) -> T:
+        """Await ``operation``, giving up after ``deadline`` seconds (None: no bound).
+
+        The bound of an attempt on drivers that have no read timeout of their own
+        (aiomysql, async psycopg; see engines.async_deadline): against a server that stops
+        answering mid-statement nothing else returns. At the deadline the caller gets a
+        TimeoutError at once (a failure of kind "timeout", not retried), while the
+        operation is cancelled in the background, where the pool throws its connection
+        away (statements.run_on_reader, SQLAlchemy's Connection): waiting for that could
+        cost a driver's cancel request to the same hung server.
+        """
+        if deadline is None:
+            return await operation
+        task = asyncio.ensure_future(operation)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=deadline)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._background.add(task)
+        task.add_done_callback(self._finished_in_background)
+        msg = f"no answer from the database within {deadline:g} s"
+        raise TimeoutError(msg)
+
     async def _arun_unshielded(
         self,
         work: Callable[Concatenate[EnginePair[Engine], P], T],
@@ -707,8 +734,9 @@ class SQLCache(BaseCache):
                 # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
                 # the return to the pool, where the async engine's sync facade drives the
                 # async driver.
-                result = await greenlet_spawn(
-                    work, engines.sync, *args, _require_await=False, **kwargs
+                result = await self._within(
+                    self._async_deadline,
+                    greenlet_spawn(work, engines.sync, *args, _require_await=False, **kwargs),
                 )
             except BaseException as exc:
                 if not _retry(self._async_breaker, probe, exc, attempt):

@@ -540,6 +540,11 @@ def run_on_reader(
         # translates it only from 2.0.50.)
         connection.invalidate(exc)
         raise DBAPIError(query.sql, parameters, exc, connection_invalidated=True) from exc
+    except BaseException:
+        # Cancelled mid-statement (the async path's deadline, cache._within): the
+        # connection may still owe an answer, so it is closed, never handed out again.
+        connection.invalidate()
+        raise
     finally:
         connection.close()
 
