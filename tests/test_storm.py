@@ -28,7 +28,12 @@ def storm_process(url: str, namespace: str, process: int) -> tuple[int, int]:
     """In a child: THREADS threads x UPDATES updates of one key; returns (updates, failures)."""
     # 8 processes x 8 connections stays under Postgres' default max_connections (100): the
     # 16 threads of a process share its pool and wait their turn, as in a real deployment.
-    cache = SQLCache(url, namespace=namespace, on_error="raise", pool_size=8, max_overflow=0)
+    # A storm queues 16 threads on 8 connections for one row: the wait for a connection is
+    # part of the test, not an outage, so it gets SQLAlchemy's 30 s rather than the cache's
+    # default pool_timeout (the statement timeout, 5 s), which a loaded CI machine exceeds.
+    cache = SQLCache(
+        url, namespace=namespace, on_error="raise", pool_size=8, max_overflow=0, pool_timeout=30
+    )
 
     def writer(thread: int) -> int:
         for update in range(UPDATES):
