@@ -43,6 +43,7 @@ VALUE = [Generation(text="kept")]
 FIRST_OPERATION_BOUND = 5.0
 LATER_OPERATION_BOUND = 0.005
 LATER_OPERATIONS = 20
+HICCUP_BOUND = 0.1
 RECOVERY_BOUND = 10.0
 OUTAGES = ["tarpit", "refused"]
 
@@ -111,7 +112,7 @@ async def test_later_operations_cost_microseconds_while_the_server_is_down(
             for _ in range(LATER_OPERATIONS):
                 lookups.append(await timed_miss(cache, family))
                 updates.append(await timed_no_op(cache, family))
-                if max(lookups[-1], updates[-1]) >= LATER_OPERATION_BOUND:
+                if len(over_the_bound(lookups + updates)) > 2:
                     break
         finally:
             await cache.aclose()
@@ -120,8 +121,17 @@ async def test_later_operations_cost_microseconds_while_the_server_is_down(
         f"{len(lookups)} lookups max {max(lookups) * 1e6:.0f} us, "
         f"updates max {max(updates) * 1e6:.0f} us"
     )
-    assert max(lookups) < LATER_OPERATION_BOUND
-    assert max(updates) < LATER_OPERATION_BOUND
+    # One hiccup each (a garbage collection, the scheduler of 2 shared cores: 9.8 ms was seen
+    # once in a CI run) is let through; a cost per operation (a connect, a timeout, a retry)
+    # shows in every one of them, and even the hiccup stays far below a connect.
+    for timings in (lookups, updates):
+        assert len(timings) == LATER_OPERATIONS
+        assert len(over_the_bound(timings)) <= 1, timings
+        assert max(timings) < HICCUP_BOUND, timings
+
+
+def over_the_bound(timings: list[float]) -> list[float]:
+    return [seconds for seconds in timings if seconds >= LATER_OPERATION_BOUND]
 
 
 @servers
