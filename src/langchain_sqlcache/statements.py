@@ -7,6 +7,7 @@ driver without a thread, so each operation exists exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -550,7 +551,14 @@ def run_on_reader(
 
 
 def _raised_by_driver(exc: BaseException, connection: PoolProxiedConnection) -> bool:
-    """Whether ``exc`` comes from the package of the connection's driver (asyncpg, ...)."""
+    """Whether ``exc`` comes from the connection's driver (asyncpg, ...) or its socket.
+
+    A timeout or a socket error counts: asyncpg's command_timeout raises asyncio's
+    TimeoutError, which SQLAlchemy before 2.0.50 passes on unwrapped; the connection is then
+    mid-command, and handed out again it would hang the next caller (its rollback).
+    """
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError)):
+        return True
     driver_package = type(connection.driver_connection).__module__.split(".")[0]
     return type(exc).__module__.split(".")[0] == driver_package
 
