@@ -22,7 +22,7 @@ from langchain_sqlcache.engines import (
     async_deadline,
     driver_urls,
     engine_defaults,
-    postgres_statement_timeout,
+    session_setup,
     timeout_args,
     with_defaults,
 )
@@ -369,17 +369,17 @@ def test_timeouts_the_user_sets_win() -> None:
     keepalives = timeout_args(psycopg_url, Timeouts(), {"keepalives_count": 9})
     assert keepalives["keepalives_idle"] == 6
     assert "keepalives_count" not in keepalives
-    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}) == "SET statement_timeout = 5000"
+    assert session_setup(psycopg_url, Timeouts(), {}) == "SET statement_timeout = 5000"
     own = {"options": "-c statement_timeout=0"}
-    assert postgres_statement_timeout(psycopg_url, Timeouts(), own) is None
+    assert session_setup(psycopg_url, Timeouts(), own) is None
     # Behind PgBouncer in transaction mode a SET would stay on a shared server connection.
-    assert postgres_statement_timeout(psycopg_url, Timeouts(), {}, transaction_pooler=True) is None
+    assert session_setup(psycopg_url, Timeouts(), {}, transaction_pooler=True) is None
     asyncpg_url = make_url("postgresql+asyncpg://app@db/app")
     assert timeout_args(asyncpg_url, Timeouts(connect=3, statement=4), {"command_timeout": 60}) == {
         "timeout": 3
     }
     own_settings = {"server_settings": {"statement_timeout": "0"}}
-    assert postgres_statement_timeout(asyncpg_url, Timeouts(), own_settings) is None
+    assert session_setup(asyncpg_url, Timeouts(), own_settings) is None
     pymysql_url = make_url("mysql+pymysql://root@db/app")
     pymysql_args = timeout_args(pymysql_url, Timeouts(), {"read_timeout": 30})
     assert "read_timeout" not in pymysql_args
@@ -388,7 +388,7 @@ def test_timeouts_the_user_sets_win() -> None:
     assert "lock_wait_timeout = 5" in pymysql_args["init_command"]
     assert timeout_args(pymysql_url, Timeouts(None, None), {}) == {}
     assert timeout_args(make_url("sqlite:///x.db"), Timeouts(), {}) == {}
-    assert postgres_statement_timeout(make_url("sqlite:///x.db"), Timeouts(), {}) is None
+    assert session_setup(make_url("sqlite:///x.db"), Timeouts(), {}) is None
     for bad in (0, -1, float("inf"), "5", True):
         with pytest.raises(ConfigurationError, match="connect_timeout"):
             SQLCache("sqlite:///x.db", connect_timeout=bad)  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
 from langchain_sqlcache import SQLCache
+from langchain_sqlcache.backends.sqlite import ROWS_PER_INSERT as SQLITE_ROWS_PER_INSERT
 from langchain_sqlcache.hits import HitBuffer
-from langchain_sqlcache.statements import SQLITE_ROWS_PER_INSERT
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 from tests.wire import SQLiteTrace, WireTap

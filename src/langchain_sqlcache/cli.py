@@ -24,6 +24,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from langchain_sqlcache import migrations, transfer
+from langchain_sqlcache.backends import backend_for
 from langchain_sqlcache.cache import CacheStats, SQLCache
 from langchain_sqlcache.engines import DEFAULT_URL, URL_ENV_VAR, resolve_url
 from langchain_sqlcache.errors import SQLCacheError
@@ -243,9 +244,8 @@ def demo(url: str, latency: float) -> None:
     click.echo(_table(columns, [list(row) for row in result]))
     cache.close()
     parsed = resolve_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        # The file as SQLAlchemy reads the URL (percent-escapes decoded, no query string).
-        path = parsed.database
+    path = backend_for(parsed).database_file(parsed)
+    if path is not None:
         look = shlex.join(["sqlite3", path, "SELECT * FROM llm_cache_outputs"])
         click.echo(f"\nThe cache is in {path}; look inside: {look}")
 

@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import functools
 import math
 import os
-import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from langchain_sqlcache.backends import backend_for
+from langchain_sqlcache.backends.base import ReaderMode
 from langchain_sqlcache.errors import ConfigurationError
 
-
-class CLIENT:
-    """MySQL client capability flags (pymysql.constants.CLIENT, which aiomysql shares)."""
-
-    FOUND_ROWS = 1 << 1
-    MULTI_STATEMENTS = 1 << 16
-
-
 URL_ENV_VAR = "LANGCHAIN_SQLCACHE_URL"
-SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
-SQLITE_WAL_RETRY_SECONDS = 0.01
 DEFAULT_URL = "sqlite:///.langchain_cache.db"
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 2.0
@@ -85,22 +74,6 @@ class Timeouts:
         return None if self.statement is None else self.statement + CLIENT_TIMEOUT_GRACE_SECONDS
 
 
-@dataclass(frozen=True)
-class Drivers:
-    """The default sync and async driver of a backend."""
-
-    sync: str
-    async_: str
-
-
-DEFAULT_DRIVERS: dict[str, Drivers] = {
-    "postgresql": Drivers(sync="psycopg", async_="asyncpg"),
-    "mysql": Drivers(sync="pymysql", async_="aiomysql"),
-    "mariadb": Drivers(sync="pymysql", async_="aiomysql"),
-    "sqlite": Drivers(sync="pysqlite", async_="aiosqlite"),
-}
-
-
 def resolve_url(url: str | URL | None) -> URL:
     """Return the URL to use: the argument, else ``$LANGCHAIN_SQLCACHE_URL``, else SQLite."""
     raw = url if url is not None else os.environ.get(URL_ENV_VAR) or DEFAULT_URL
@@ -118,28 +91,19 @@ def driver_urls(url: URL) -> tuple[URL, URL]:
     aiomysql (with utf8mb4), ``sqlite:///`` sqlite3 and aiosqlite. A driver named in the URL
     is kept for its own side; the other side gets the backend's default.
     """
-    backend = url.get_backend_name()
-    drivers = DEFAULT_DRIVERS.get(backend)
-    if drivers is None:
-        msg = (
-            f"unsupported database backend {backend!r}; "
-            f"langchain-sqlcache supports {', '.join(DEFAULT_DRIVERS)}"
-        )
-        raise ConfigurationError(msg)
-    sync_driver, async_driver = drivers.sync, drivers.async_
+    backend = backend_for(url)
+    sync_driver, async_driver = backend.sync_driver, backend.async_driver
     if "+" in url.drivername:
         named = url.get_driver_name()
         if _is_async_driver(url):
             async_driver = named
         else:
             sync_driver = named
-    sync_url = url.set(drivername=f"{backend}+{sync_driver}")
-    async_url = url.set(drivername=f"{backend}+{async_driver}")
-    if backend in ("mysql", "mariadb") and "charset" not in url.query:
-        # 4-byte characters (emoji) need utf8mb4 on the connection, not only in the tables.
-        sync_url = sync_url.update_query_dict({"charset": "utf8mb4"})
-        async_url = async_url.update_query_dict({"charset": "utf8mb4"})
-    return sync_url, async_url
+    name = url.get_backend_name()
+    return (
+        backend.driver_url(url.set(drivername=f"{name}+{sync_driver}")),
+        backend.driver_url(url.set(drivername=f"{name}+{async_driver}")),
+    )
 
 
 def _is_async_driver(url: URL) -> bool:
@@ -157,32 +121,11 @@ def engine_defaults(url: URL, *, transaction_pooler: bool = False) -> dict[str, 
     front of Postgres), the drivers use no named prepared statement that a later transaction,
     served by another server connection, would miss or find taken.
     """
-    backend = url.get_backend_name()
-    if transaction_pooler and backend != "postgresql":
-        msg = f"transaction_pooler is for Postgres behind PgBouncer, not {backend}"
+    backend = backend_for(url)
+    if transaction_pooler and not backend.behind_transaction_poolers:
+        msg = f"transaction_pooler is for Postgres behind PgBouncer, not {url.get_backend_name()}"
         raise ConfigurationError(msg)
-    if backend in ("mysql", "mariadb"):
-        # REPEATABLE READ takes gap locks on the generation rows an update deletes, which
-        # deadlocks concurrent writers of neighbouring keys; READ COMMITTED does not. Pooled
-        # connections are renewed before MySQL's idle timeout (wait_timeout, 8 h by default,
-        # often lowered to an hour or less) closes them.
-        return {"isolation_level": "READ COMMITTED", "pool_recycle": 1800}
-    if backend == "sqlite":
-        # Wait for a writer rather than fail with "database is locked" at once.
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
-    if transaction_pooler and url.get_driver_name() in ("psycopg", "psycopg_async"):
-        return {"connect_args": {"prepare_threshold": None}}
-    if transaction_pooler and url.get_driver_name() == "asyncpg":
-        # SQLAlchemy's asyncpg dialect prepares every statement: the names must be unique
-        # across all clients of a server connection, and neither cache may keep them.
-        return {
-            "connect_args": {
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unique_statement_name,
-            }
-        }
-    return {}
+    return backend.engine_defaults(url, transaction_pooler=transaction_pooler)
 
 
 def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[str, Any]:
@@ -192,45 +135,7 @@ def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[st
     ``connect_args``): a timeout the user set there is theirs. The Postgres statement
     timeout is set once a connection is open (see postgres_statement_timeout).
     """
-    connect, read = timeouts.connect, timeouts.read
-    driver = url.get_driver_name()
-    args: dict[str, Any] = {}
-    if driver in ("psycopg", "psycopg_async"):
-        if connect is not None:
-            # libpq counts whole seconds, at least 2; psycopg applies it to the whole
-            # connection, login included.
-            args["connect_timeout"] = max(2, math.ceil(connect))
-        if read is not None:
-            # libpq has no client-side bound on a statement. A server host that vanished
-            # mid-statement (a failover, a partition) would hold the connection forever,
-            # since nothing is being sent; keepalive probes find it gone within about
-            # read + 3 s. (A frozen server process whose kernel still answers them is not
-            # found: see the async path's deadline.)
-            args.update(
-                keepalives=1,
-                keepalives_idle=math.ceil(read),
-                keepalives_interval=1,
-                keepalives_count=3,
-            )
-    elif driver == "asyncpg":
-        # asyncpg bounds the whole connection (login included) and, on the client side,
-        # each statement: the bound for a server that stops answering mid-statement.
-        args["timeout"] = connect
-        args["command_timeout"] = read
-    elif driver in ("pymysql", "aiomysql"):
-        args["connect_timeout"] = connect
-        if timeouts.statement is not None:
-            args["init_command"] = _mysql_session_timeouts(timeouts.statement)
-        if driver == "pymysql":
-            # PyMySQL's connect_timeout covers the TCP connect alone and its read_timeout
-            # every read, the handshake's included: the handshake gets the connect timeout,
-            # and _configure_pymysql_reads gives later reads the statement's.
-            args["read_timeout"] = connect if connect is not None else read
-            args["write_timeout"] = read
-        elif connect is not None:
-            # aiomysql has no read timeout at all: the handshake is bounded here, and a
-            # statement by the async path's own deadline.
-            args["async_creator_fn"] = _aiomysql_connect_within(connect)
+    args = backend_for(url).timeout_args(url, timeouts, given)
     return {key: value for key, value in args.items() if value is not None and key not in given}
 
 
@@ -242,28 +147,16 @@ def async_deadline(url: URL, timeouts: Timeouts) -> float | None:
     (``asyncio.timeout``) returns. None for drivers that bound it themselves (asyncpg's
     command_timeout) or when the statement timeout is off.
     """
-    if timeouts.read is None or url.get_driver_name() not in ("aiomysql", "psycopg_async"):
+    if timeouts.read is None or backend_for(url).has_read_timeout(url.get_driver_name()):
         return None
     return (timeouts.connect or 0.0) + timeouts.read
 
 
-def postgres_statement_timeout(
+def session_setup(
     url: URL, timeouts: Timeouts, given: dict[str, Any], *, transaction_pooler: bool = False
 ) -> str | None:
-    """The SET that gives a new Postgres connection its statement timeout, if it needs one.
-
-    Run once a connection is open, not sent as a startup parameter (``options``,
-    ``server_settings``): PgBouncer, in any mode, refuses the startup parameters it does not
-    track. Behind a transaction pooler nothing is set (the SET would stay on a server
-    connection other clients share): set ``statement_timeout`` on the role or the pooler's
-    ``query_timeout`` instead. A statement_timeout in the user's ``options`` or
-    ``server_settings`` is theirs.
-    """
-    if url.get_backend_name() != "postgresql" or timeouts.statement is None or transaction_pooler:
-        return None
-    if "statement_timeout" in f"{given.get('options', '')} {given.get('server_settings', '')}":
-        return None
-    return f"SET statement_timeout = {_milliseconds(timeouts.statement)}"
+    """The statement a new connection of the cache's engines runs once open (see backends)."""
+    return backend_for(url).session_setup(timeouts, given, transaction_pooler=transaction_pooler)
 
 
 def _configure_session(engine: Engine, statement: str) -> None:
@@ -279,51 +172,9 @@ def _configure_session(engine: Engine, statement: str) -> None:
     event.listen(engine, "connect", set_up)
 
 
-def _milliseconds(seconds: float) -> int:
+def milliseconds(seconds: float) -> int:
+    """Whole milliseconds, at least 1, for a server setting."""
     return max(1, math.ceil(seconds * 1000))
-
-
-def _mysql_session_timeouts(statement: float) -> str:
-    """The SET that bounds a MySQL session's waits, run once per new connection.
-
-    MySQL has no statement timeout for writes; what holds a cache's statement on the server
-    is a lock (a row's, or a table's metadata lock during a migration, which waits a year by
-    default). MariaDB has one (max_statement_time), in a comment that only MariaDB runs.
-    """
-    seconds = max(1, math.ceil(statement))
-    return (
-        f"SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
-        f" /*M! , max_statement_time = {statement:g} */"
-    )
-
-
-def _aiomysql_connect_within(seconds: float) -> Callable[..., Any]:
-    async def connect_within(*args: Any, **kwargs: Any) -> Any:
-        import aiomysql  # an optional driver, imported when a connection is opened
-        from pymysql.err import OperationalError
-
-        try:
-            return await asyncio.wait_for(aiomysql.connect(*args, **kwargs), seconds)
-        except TimeoutError as exc:
-            # PyMySQL's code and words for it: the same error on both MySQL drivers.
-            host = kwargs.get("host", "localhost")
-            msg = f"Can't connect to MySQL server on {host!r} (timed out after {seconds:g} s)"
-            raise OperationalError(2003, msg) from exc
-
-    return connect_within
-
-
-def _configure_pymysql_reads(engine: Engine, read_timeout: float | None) -> None:
-    """Give a PyMySQL connection's reads the statement's bound once its handshake is done.
-
-    PyMySQL takes a single read timeout, for the handshake and every statement alike, and
-    has no public way to change it afterwards: the attribute its reads consult is set here.
-    """
-
-    def after_handshake(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        dbapi_connection._read_timeout = read_timeout
-
-    event.listen(engine, "connect", after_handshake)
 
 
 POOL_DEFAULTS: dict[str, Any] = {"pool_size": 15, "max_overflow": 0}
@@ -338,10 +189,6 @@ pay for a new connection.
 """
 
 
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4()}__"
-
-
 def with_defaults(defaults: dict[str, Any], engine_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The user's engine arguments over the defaults; ``connect_args`` merge key by key."""
     merged = {**defaults, **engine_kwargs}
@@ -351,16 +198,6 @@ def with_defaults(defaults: dict[str, Any], engine_kwargs: dict[str, Any]) -> di
 
 
 E = TypeVar("E", Engine, AsyncEngine)
-
-
-ReaderMode = Literal["autocommit", "switch", "transaction"]
-"""How a statement sent straight to the reader's pooled connection runs.
-
-``autocommit``: the reader's connections are in autocommit already (a pool of their own).
-``switch``: the statement switches its connection to autocommit and back, on the client side
-(psycopg, asyncpg and sqlite3 send nothing for it). ``transaction``: it runs in the
-connection's own transaction (MySQL, where switching costs two round trips, and asyncpg
-behind PgBouncer, where prepare and execute must share a transaction)."""
 
 
 @dataclass(frozen=True)
@@ -413,37 +250,26 @@ def build_pair(
     ``engine_kwargs`` override the backend defaults (see engine_defaults) and the timeouts'
     driver arguments (see timeout_args), which ``timeouts`` sets (None: the defaults).
     """
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        msg = (
-            "an in-memory SQLite database belongs to one connection, so threads and the sync "
-            "and async methods would each see a different cache; use a file "
-            "(sqlite:///cache.db), or pass engine=/async_engine= built the way you want"
-        )
-        raise ConfigurationError(msg)
+    backend = backend_for(url)
+    backend.check_url(url)
     sync_url, async_url = driver_urls(url)
     driver_url = async_url if factory is create_async_engine else sync_url
     defaults = engine_defaults(driver_url, transaction_pooler=transaction_pooler)
     timeouts = timeouts or Timeouts()
     if "poolclass" not in engine_kwargs:
         defaults = {**POOL_DEFAULTS, **defaults}
-        if timeouts.statement is not None and url.get_backend_name() != "sqlite":
-            # A caller waits for a pooled connection no longer than for a statement (SQLite's
-            # writers wait out its busy timeout, holding theirs: its pool keeps the default).
+        if timeouts.statement is not None and backend.bounded_pool_wait:
+            # A caller waits for a pooled connection no longer than for a statement.
             defaults["pool_timeout"] = timeouts.statement
     kwargs = with_defaults(defaults, engine_kwargs)
     given = {**driver_url.query, **kwargs.get("connect_args", {})}
     bounds = timeout_args(driver_url, timeouts, given)
-    session = postgres_statement_timeout(
-        driver_url, timeouts, given, transaction_pooler=transaction_pooler
-    )
+    session = session_setup(driver_url, timeouts, given, transaction_pooler=transaction_pooler)
     if bounds:
         kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **bounds}
     with _driver_required(url):
         writer = factory(driver_url, **kwargs)
-        if transaction_pooler and writer.dialect.driver == "asyncpg":
-            # SQLAlchemy's asyncpg dialect prepares a statement, then runs it; outside a
-            # transaction PgBouncer may hand the two to different server connections, so
-            # lookups run in a transaction too.
+        if not backend.lookups_in_autocommit(writer.dialect.driver, transaction_pooler):
             pair = EnginePair(writer, writer, (writer,), schema, "transaction")
         else:
             # Lookups get a pool of their own whose connections stay in autocommit: no
@@ -453,33 +279,22 @@ def build_pair(
                 "isolation_level": "AUTOCOMMIT",
                 "skip_autocommit_rollback": True,
             }
-            multi_statements = writer.dialect.name in ("mysql", "mariadb")
-            if multi_statements:
-                # An update's statements travel in one packet (one round trip); only
-                # statements the cache compiles run here, their values escaped by the
-                # driver. FOUND_ROWS is SQLAlchemy's own default for these drivers.
-                connect_args = dict(reader_kwargs.get("connect_args", {}))
-                flags = connect_args.get("client_flag", CLIENT.FOUND_ROWS)
-                connect_args["client_flag"] = flags | CLIENT.MULTI_STATEMENTS
-                reader_kwargs["connect_args"] = connect_args
+            reader_kwargs, multi_statements = backend.reader_args(reader_kwargs)
             reader = factory(driver_url, **reader_kwargs)
             pair = EnginePair(
                 writer, reader, (writer, reader), schema, "autocommit", multi_statements
             )
     for engine in pair.owned:
-        _configure(_sync_engine_of(engine))
+        _configure(_sync_engine_of(engine), timeouts, given)
         if session is not None:
             _configure_session(_sync_engine_of(engine), session)
-        if engine.dialect.driver == "pymysql" and "read_timeout" not in given:
-            _configure_pymysql_reads(_sync_engine_of(engine), timeouts.read)
     return _with_schema(pair)
 
 
 def given_pair(engine: E, schema: str | None) -> EnginePair[E]:
     """Use an application's engine for a family; it is never disposed of by the cache."""
-    if _autocommit_is_a_round_trip(engine):
-        # Without a pool of our own, a plain read (SELECT, then the pool's ROLLBACK) is
-        # cheaper than switching the connection to autocommit and back.
+    mode = backend_for(engine.dialect).reader_mode_on_given_engine
+    if mode == "transaction":
         return _with_schema(EnginePair(engine, engine, (), schema, "transaction"))
     reader = engine.execution_options(isolation_level="AUTOCOMMIT")
     return _with_schema(EnginePair(engine, reader, (), schema, "switch"))
@@ -498,10 +313,6 @@ def _with_schema(pair: EnginePair[E]) -> EnginePair[E]:
     )
 
 
-def _autocommit_is_a_round_trip(engine: Engine | AsyncEngine) -> bool:
-    return engine.dialect.name in ("mysql", "mariadb")
-
-
 def _sync_engine_of(engine: Engine | AsyncEngine) -> Engine:
     return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
@@ -511,7 +322,7 @@ def create_migration_engine(url: URL) -> Engine:
     sync_url, _ = driver_urls(url)
     with _driver_required(url):
         engine = create_engine(sync_url, poolclass=NullPool, **engine_defaults(url))
-    _configure(engine)
+    _configure(engine, None, {})
     return engine
 
 
@@ -520,7 +331,7 @@ def create_async_migration_engine(url: URL) -> AsyncEngine:
     _, async_url = driver_urls(url)
     with _driver_required(url):
         engine = create_async_engine(async_url, poolclass=NullPool, **engine_defaults(url))
-    _configure(engine.sync_engine)
+    _configure(engine.sync_engine, None, {})
     return engine
 
 
@@ -533,44 +344,26 @@ IDLE_PING_SECONDS = 30.0
 """A pooled connection idle for longer than this is pinged before use (see _ping_if_idle)."""
 
 
-def _configure(engine: Engine) -> None:
+def _configure(engine: Engine, timeouts: Timeouts | None, given: dict[str, Any]) -> None:
+    """The pool's events: the backend's own, and pings and replacements for a server's."""
+    backend = backend_for(engine.dialect)
+    backend.configure(engine, timeouts, given)
+    if not backend.connections_go_stale:
+        return
     dialect = engine.dialect
 
     def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         _ping_if_idle(dialect, dbapi_connection, record)
 
-    if engine.dialect.name == "sqlite":  # a file's connections never go stale or read-only
-        event.listen(engine, "connect", _configure_sqlite_connection)
-        event.listen(engine, "begin", _begin_immediate)
-    else:
-        event.listen(engine, "checkin", _note_return)
-        event.listen(engine, "checkout", ping_if_idle)
-        event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    def read_only_is_a_disconnect(context: ExceptionContext) -> None:
+        # Make the pool replace a connection that turned read-only (a standby after a
+        # failover); kept, it would fail every write that draws it.
+        if backend.turned_read_only(context.original_exception):
+            context.is_disconnect = True
 
-
-def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
-    """Make the pool replace a connection that turned read-only (see turned_read_only)."""
-    if turned_read_only(context.original_exception):
-        context.is_disconnect = True
-
-
-# MySQL's "running with the --read-only option" and "cannot execute statement in a READ ONLY
-# transaction".
-READ_ONLY_MYSQL_CODES = frozenset({1290, 1792})
-
-
-def turned_read_only(error: BaseException) -> bool:
-    """Tell whether a write failed because its connection now reaches a read-only server.
-
-    After a failover a pooled connection may point at a standby that refuses writes
-    (SQLSTATE 25006 on Postgres); kept, it would fail every write that draws it, so it is
-    treated as gone and the pool replaces it.
-    """
-    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-    if sqlstate == "25006":
-        return True
-    args: tuple[Any, ...] = getattr(error, "args", ())
-    return len(args) > 0 and args[0] in READ_ONLY_MYSQL_CODES
+    event.listen(engine, "checkin", _note_return)
+    event.listen(engine, "checkout", ping_if_idle)
+    event.listen(engine, "handle_error", read_only_is_a_disconnect)
 
 
 @contextlib.contextmanager
@@ -580,60 +373,9 @@ def _driver_required(url: URL) -> Iterator[None]:
     except ModuleNotFoundError as exc:
         msg = (
             f"the driver for {url.get_backend_name()} is not installed ({exc.name}); "
-            f"install it with: pip install 'langchain-sqlcache[{_extra(url)}]'"
+            f"install it with: pip install 'langchain-sqlcache[{backend_for(url).pip_extra}]'"
         )
         raise ConfigurationError(msg) from exc
-
-
-def _extra(url: URL) -> str:
-    backend = url.get_backend_name()
-    return {"postgresql": "postgres", "mariadb": "mysql"}.get(backend, backend)
-
-
-def _configure_sqlite_connection(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        # ON DELETE CASCADE needs foreign keys on; WAL lets readers run beside a writer.
-        cursor.execute("PRAGMA foreign_keys = ON")
-        _switch_to_wal(cursor)
-        # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the
-        # process loses nothing, one of the machine may lose the last writes (never the
-        # file's consistency). For a cache, a few recent entries are worth less than an
-        # fsync per update.
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def _switch_to_wal(cursor: Any) -> None:
-    """Put the file in WAL mode, waiting out other connections that are opening it too.
-
-    The switch needs the file to itself, and SQLite refuses it with "database is locked" at
-    once, without the busy timeout, while another connection holds a lock: processes that
-    open a new cache file together (concurrent first migrations) would fail. The mode
-    persists in the file, so this loop only ever runs on a brand-new one.
-    """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(SQLITE_WAL_RETRY_SECONDS)
-
-
-def _begin_immediate(connection: Connection) -> None:
-    """Start each SQLite transaction holding the write lock (BEGIN IMMEDIATE).
-
-    A deferred transaction that reads before it writes cannot wait for the lock when another
-    writer got there first (SQLite fails it with "database is locked" at once); an immediate
-    one waits out the busy timeout. Autocommit connections (lookups) take no lock.
-    """
-    driver_connection = connection.connection.driver_connection
-    if getattr(driver_connection, "isolation_level", "") is not None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _note_return(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import shlex
 from collections.abc import Iterator
@@ -24,19 +23,17 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
+from langchain_sqlcache.backends import backend_for
 from langchain_sqlcache.errors import SchemaError, checked_identifier
 
 VERSION_TABLE = "llm_cache_alembic_version"
 CACHE_TABLES = frozenset({"llm_cache_entry", "llm_cache_generation"})
 OWN_TABLES = CACHE_TABLES | {VERSION_TABLE}
 LOCK_NAME = "langchain_sqlcache_migrations"
-# pg_advisory_xact_lock takes a bigint: a stable number derived from the lock's name.
-PG_LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
-MYSQL_LOCK_TIMEOUT_SECONDS = 300
 
 
 def script_location() -> Path:
@@ -252,28 +249,9 @@ def migration_schema() -> str | None:
 
 def acquire_lock(connection: Connection) -> None:
     """Serialize concurrent upgrades of one database; runs at the start of the transaction."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        # Released when the migration's transaction ends.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
-    elif dialect in ("mysql", "mariadb"):
-        got = connection.execute(
-            text("SELECT GET_LOCK(:name, :timeout)"),
-            {"name": LOCK_NAME, "timeout": MYSQL_LOCK_TIMEOUT_SECONDS},
-        ).scalar()
-        if got != 1:
-            msg = f"could not take the migration lock {LOCK_NAME!r} in time"
-            raise SchemaError(msg)
-    elif dialect == "sqlite" and not getattr(
-        connection.connection.driver_connection, "in_transaction", False
-    ):
-        # pysqlite runs DDL outside transactions; take the database's write lock now, so a
-        # second migrator waits (busy timeout) and then finds the work done. Engines built
-        # by this package began the transaction that way already (engines._begin_immediate).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    backend_for(connection.dialect).acquire_migration_lock(connection)
 
 
 def release_lock(connection: Connection) -> None:
     """Release what acquire_lock took that outlives a transaction (MySQL's named lock)."""
-    if connection.dialect.name in ("mysql", "mariadb"):
-        connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": LOCK_NAME})
+    backend_for(connection.dialect).release_migration_lock(connection)

@@ -33,6 +33,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from langchain_sqlcache.backends import backend_for
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -124,9 +126,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         """Microseconds on MySQL too (its DATETIME keeps whole seconds by default)."""
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
+        return dialect.type_descriptor(backend_for(dialect).instant_type())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Store UTC: aware on Postgres, naive (implicitly UTC) elsewhere."""
@@ -136,7 +136,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             msg = "naive datetime: pass an aware datetime (e.g. datetime.now(timezone.utc))"
             raise ValueError(msg)
         utc = value.astimezone(timezone.utc)
-        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
+        return utc if backend_for(dialect).stores_time_zones else utc.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Return an aware UTC datetime whatever the backend gave."""

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from typing import cast as cast_type
 
-import aiosqlite
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
@@ -26,30 +25,23 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
-    Text,
     Update,
     bindparam,
     case,
-    cast,
-    column,
     delete,
     func,
     insert,
     or_,
     select,
-    text,
-    true,
-    type_coerce,
     update,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql import ClauseElement
 
-from langchain_sqlcache.codec import utf8_size
-from langchain_sqlcache.engines import EnginePair, ReaderMode, turned_read_only
+from langchain_sqlcache.backends import backend_for
+from langchain_sqlcache.backends.base import ReaderMode
+from langchain_sqlcache.engines import EnginePair
 from langchain_sqlcache.errors import ValueTooLargeError
 from langchain_sqlcache.failsafe import CONNECTING, opened
 from langchain_sqlcache.models import entry_table, generation_table
@@ -81,8 +73,6 @@ class Statements:
     upsert_returns_lastrowid: bool
     lookup: Select[Any]
     upsert_entry: Insert
-    replace_value: Delete | None
-    """The whole of an update as one statement, where the dialect can (Postgres)."""
     delete_generations: Delete
     insert_generations: Insert
     delete_entry_generations: Delete
@@ -106,9 +96,10 @@ def statements_for(dialect_name: str) -> Statements:
     entry_ids: BindParameter[int] = bindparam("ids", expanding=True)
     entry_id_of_key = select(entry.c.id).where(entry.c.key_hash == key_hash).scalar_subquery()
     expired = entry.c.expires_at <= now
+    backend = backend_for(dialect_name)
     return Statements(
         dialect_name=dialect_name,
-        upsert_returns_lastrowid=dialect_name in ("mysql", "mariadb"),
+        upsert_returns_lastrowid=not backend.has_returning,
         # One SELECT answers hit and miss alike: no rows is a miss, and so is an expired
         # entry, whether or not pruning has deleted it yet.
         lookup=(
@@ -119,8 +110,8 @@ def statements_for(dialect_name: str) -> Statements:
                 # malformed document is a miss there rather than an error while fetching,
                 # and so that the codec can tell from the text alone that nothing in it
                 # needs unescaping. (Postgres drivers parse json unless it is cast.)
-                _as_text(generation.c.generation_info, dialect_name).label("generation_info"),
-                _as_text(generation.c.message, dialect_name).label("message"),
+                backend.as_text(generation.c.generation_info).label("generation_info"),
+                backend.as_text(generation.c.message).label("message"),
             )
             .select_from(entry.join(generation))
             .where(entry.c.key_hash == key_hash)
@@ -129,8 +120,7 @@ def statements_for(dialect_name: str) -> Statements:
             .where(or_(entry.c.expires_at.is_(None), entry.c.expires_at > now))
             .order_by(generation.c.idx)
         ),
-        upsert_entry=_upsert_entry(dialect_name),
-        replace_value=_replace_value() if dialect_name == "postgresql" else None,
+        upsert_entry=backend.upsert_entry(),
         delete_generations=delete(generation).where(generation.c.entry_id == bindparam("entry_id")),
         insert_generations=insert(generation),
         delete_entry_generations=delete(generation).where(generation.c.entry_id == entry_id_of_key),
@@ -176,37 +166,8 @@ def statements_for(dialect_name: str) -> Statements:
     )
 
 
-def _as_text(column: ColumnElement[Any], dialect_name: str) -> ColumnElement[str]:
-    if dialect_name == "postgresql":
-        return cast(column, Text)
-    return type_coerce(column, Text)
-
-
 def _sum(column: ColumnElement[Any]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(column), 0)
-
-
-def _upsert_entry(dialect_name: str, *, returning: bool = True) -> Insert:
-    """INSERT the entry row, or lock and rewrite the existing one, and yield its id.
-
-    The conflicting row is updated rather than skipped so that the statement takes its row
-    lock: concurrent writers of one key queue up behind it, and each replaces the
-    generations whole.
-    """
-    if dialect_name in ("mysql", "mariadb"):
-        mysql_insert = mysql.insert(entry)
-        # LAST_INSERT_ID(id) makes the driver's lastrowid the existing row's id.
-        return mysql_insert.on_duplicate_key_update(
-            id=func.last_insert_id(entry.c.id),
-            **{name: mysql_insert.inserted[name] for name in REWRITTEN_ON_UPDATE},
-        )
-    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    upsert = dialect_insert(entry)
-    statement = upsert.on_conflict_do_update(
-        index_elements=[entry.c.key_hash],
-        set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-    )
-    return statement.returning(entry.c.id) if returning else statement
 
 
 # The entry columns an update writes (the rest keep their defaults, or their values).
@@ -225,54 +186,6 @@ GENERATION_VALUE_COLUMNS = (
     "input_tokens",
     "output_tokens",
 )
-
-
-def _replace_value() -> Delete:
-    """Postgres: upsert the entry, write its generations and drop the surplus, in one statement.
-
-    One statement in autocommit is one round trip and one transaction, against five for
-    BEGIN, upsert, DELETE, INSERT and COMMIT. The generations arrive as one json array and
-    overwrite those at the same positions; the old value's surplus positions are deleted.
-
-    A concurrent writer of the same key whose longer value committed while this statement
-    waited for the entry's row lock leaves positions this statement's snapshot cannot see,
-    so they survive it. They are past the entry's ``generation_count``, which this statement
-    sets, and lookups (and the analysts' view) read only the first ``generation_count``
-    positions, so the value read is always exactly this statement's; the next update of the
-    key, or its deletion, removes them.
-    """
-    upserted = (
-        _upsert_entry("postgresql", returning=False)
-        .values(_entry_binds())
-        .returning(entry.c.id, entry.c.generation_count)
-        .cte("upserted")
-    )
-    incoming = (
-        # json, not jsonb: json_to_recordset hands each document on as the text it was
-        # sent as (key order, 1e23, -0.0), which the json columns then keep.
-        func.json_to_recordset(bindparam("generation_rows", type_=postgresql.JSON))
-        .table_valued(
-            *(column(c.name, c.type) for c in generation.c if c.name != "entry_id"),
-        )
-        .render_derived(name="incoming", with_types=True)
-    )
-    write = postgresql.insert(generation).from_select(
-        [generation.c.entry_id, *(generation.c[c.name] for c in incoming.c)],
-        select(upserted.c.id, *incoming.c).select_from(upserted).join(incoming, true()),
-    )
-    written = write.on_conflict_do_update(
-        index_elements=[generation.c.entry_id, generation.c.idx],
-        set_={name: write.excluded[name] for name in GENERATION_VALUE_COLUMNS},
-    ).cte("written")
-    return (
-        delete(generation)
-        .where(
-            generation.c.entry_id == upserted.c.id,
-            generation.c.idx >= upserted.c.generation_count,
-        )
-        .add_cte(upserted)
-        .add_cte(written)
-    )
 
 
 @dataclass(frozen=True)
@@ -385,7 +298,12 @@ def driver_query(
     MySQL's and SQLite's ``replace_value`` depend on the number of generations they write
     (one multi-row INSERT).
     """
-    statements = _driver_statements(name, dialect.name, generations)
+    backend = backend_for(dialect)
+    statements = (
+        backend.whole_value_write(generations)
+        if name == "whole_value_write"
+        else (getattr(statements_for(dialect.name), name),)
+    )
     sql: list[str] = []
     positions: list[str] = []
     counts: list[int] = []
@@ -404,70 +322,15 @@ def driver_query(
         tuple(processors.items()),
         results=len(statements),
         constants=tuple(constants.items()),
-        # sqlite3 and aiosqlite take one statement per call.
         one_by_one=(
             tuple(zip(sql, counts, strict=True))
-            if dialect.name == "sqlite" and len(sql) > 1
+            if backend.statements_one_per_call and len(sql) > 1
             else ()
         ),
     )
 
 
-def _driver_statements(name: str, dialect_name: str, generations: int) -> tuple[ClauseElement, ...]:
-    if name == "replace_value" and dialect_name in ("mysql", "mariadb"):
-        return _mysql_replace_value(generations)
-    if name == "replace_value" and dialect_name == "sqlite":
-        return _sqlite_replace_value(generations)
-    statement = getattr(statements_for(dialect_name), name)
-    if statement is None:
-        msg = f"{dialect_name} has no {name} statement"
-        raise LookupError(msg)
-    return (statement,)
-
-
-def _mysql_replace_value(generations: int) -> tuple[ClauseElement, ...]:
-    """MySQL: an update's transaction as one packet of statements (one round trip).
-
-    MySQL has neither RETURNING nor DML in a CTE, but the entry's id travels from the upsert
-    to the next statements as LAST_INSERT_ID(), on the server, so the client waits for
-    nothing between them.
-    """
-    return (
-        # This connection is in autocommit, at the server's default isolation: REPEATABLE
-        # READ's gap locks on the deleted generations deadlock writers of nearby keys.
-        text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-        text("START TRANSACTION"),
-        _upsert_entry("mysql").values(_entry_binds()),
-        delete(generation).where(generation.c.entry_id == func.last_insert_id()),
-        _insert_generations(generations, func.last_insert_id()),
-        text("COMMIT"),
-    )
-
-
-def _sqlite_replace_value(generations: int) -> tuple[ClauseElement, ...]:
-    """SQLite: an update's transaction as statements for the driver's cursor, one by one.
-
-    In-process, so the point is not round trips but SQLAlchemy's execution path, which
-    costs each statement more than SQLite takes to run it. The entry's id is found by its
-    key inside the statements, so no statement waits for another's result.
-    """
-    entry_id_of_key = (
-        select(entry.c.id)
-        .where(entry.c.key_hash == bindparam("key_hash", type_=entry.c.key_hash.type))
-        .scalar_subquery()
-    )
-    return (
-        # Take the write lock first: a deferred transaction cannot wait for it (see
-        # engines._begin_immediate).
-        text("BEGIN IMMEDIATE"),
-        _upsert_entry("sqlite", returning=False).values(_entry_binds()),
-        delete(generation).where(generation.c.entry_id == entry_id_of_key),
-        _insert_generations(generations, entry_id_of_key),
-        text("COMMIT"),
-    )
-
-
-def _insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert:
+def insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert:
     """One multi-row INSERT of ``generations`` rows (binds ``idx_0``, ``text_0``, ...)."""
     return insert(generation).values(
         [
@@ -483,7 +346,8 @@ def _insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Inser
     )
 
 
-def _entry_binds() -> dict[str, BindParameter[Any]]:
+def entry_binds() -> dict[str, BindParameter[Any]]:
+    """The entry columns an update writes, each as a bind parameter of its name."""
     return {name: bindparam(name, type_=entry.c[name].type) for name in WRITTEN_ENTRY_COLUMNS}
 
 
@@ -523,7 +387,9 @@ def run_on_reader(
             connection.commit()
         return rows
     except dialect.loaded_dbapi.Error as exc:
-        gone = dialect.is_disconnect(exc, dbapi_connection, None) or turned_read_only(exc)
+        gone = dialect.is_disconnect(exc, dbapi_connection, None) or backend_for(
+            dialect
+        ).turned_read_only(exc)
         if gone:
             connection.invalidate(exc)
         else:
@@ -592,7 +458,8 @@ def _fetch_one(
 ) -> list[tuple[Any, ...]]:
     """Run one statement; return its rows."""
     driver = connection.driver_connection
-    if isinstance(driver, aiosqlite.Connection):
+    aiosqlite = sys.modules.get("aiosqlite")  # loaded if in use: never imported for this
+    if aiosqlite is not None and isinstance(driver, aiosqlite.Connection):
         # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
         # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
         fetched = driver.execute_fetchall(sql, parameters)
@@ -638,17 +505,15 @@ def store_value(
     MySQL engine (no multi-statements): a transaction of three statements through a
     Connection. An empty value deletes the entry.
     """
-    dialect = engines.writer.dialect
-    one_packet = dialect.name in ("mysql", "mariadb") and engines.multi_statements
-    # A value of more generations goes through a Connection: SQLite caps the parameters of
-    # a statement (999 before 3.32), and each count compiles a statement of its own.
-    one_by_one = dialect.name == "sqlite" and len(generation_rows) <= SQLITE_ROWS_PER_INSERT
-    if generation_rows and (dialect.name == "postgresql" or one_packet or one_by_one):
+    backend = backend_for(engines.writer.dialect)
+    count = len(generation_rows)
+    if count and backend.writes_in_one_call(count, multi_statements=engines.multi_statements):
         # MySQL's and SQLite's multi-row INSERT is compiled per number of generations;
         # Postgres' takes them all as one json parameter.
-        by_position = one_packet or one_by_one
-        rows = len(generation_rows) if by_position else 0
-        query = driver_query("replace_value", engines.reader.dialect, engines.schema, rows)
+        by_position = backend.generations_by_position
+        query = driver_query(
+            "whole_value_write", engines.reader.dialect, engines.schema, count if by_position else 0
+        )
         values = dict(entry_row)
         if by_position:
             for i, row in enumerate(generation_rows):
@@ -657,10 +522,14 @@ def store_value(
             values["generation_rows"] = generation_rows
 
         def check(connection: PoolProxiedConnection) -> None:
-            check_packet_size(connection, entry_row, generation_rows, one_packet=True)
+            backend.check_value_size(connection, entry_row, generation_rows, one_packet=True)
 
         run_on_reader(
-            engines.reader, query, values, engines.reader_mode, check if one_packet else None
+            engines.reader,
+            query,
+            values,
+            engines.reader_mode,
+            check if backend.packet_limited else None,
         )
         return
     with opened(engines.writer) as connection, connection.begin():
@@ -678,8 +547,11 @@ def write_value(
     if not generation_rows:
         delete_value(connection, entry_row["key_hash"])
         return
-    if statements.upsert_returns_lastrowid:  # MySQL and MariaDB: one packet per statement
-        check_packet_size(connection.connection, entry_row, generation_rows, one_packet=False)
+    backend = backend_for(connection.dialect)
+    if backend.packet_limited:  # one packet per statement
+        backend.check_value_size(
+            connection.connection, entry_row, generation_rows, one_packet=False
+        )
     result = connection.execute(statements.upsert_entry, entry_row)
     entry_id = result.lastrowid if statements.upsert_returns_lastrowid else result.scalar_one()
     connection.execute(statements.delete_generations, {"entry_id": entry_id})
@@ -687,89 +559,6 @@ def write_value(
         statements.insert_generations,
         [{**row, "entry_id": entry_id} for row in generation_rows],
     )
-
-
-# The most generations an SQLite update writes in one multi-row INSERT (7 parameters each).
-SQLITE_ROWS_PER_INSERT = 64
-# Bytes a MySQL statement adds around its values, with room to spare.
-PACKET_OVERHEAD = 4096
-# Characters PyMySQL and aiomysql escape with a backslash when they inline a string.
-ESCAPED_CHARACTERS = "\\'\"\x00\n\r\x1a"
-
-
-def check_packet_size(
-    connection: PoolProxiedConnection,
-    entry_row: dict[str, Any],
-    generation_rows: list[dict[str, Any]],
-    *,
-    one_packet: bool,
-) -> None:
-    """Refuse, before sending, a value larger than the server's max_allowed_packet.
-
-    Sent anyway, the server would drop the connection mid-statement. ``one_packet``: the
-    whole value goes in one packet, else each row in its own. The limit is read once per
-    pooled connection.
-    """
-    check_value_size(
-        entry_row, generation_rows, max_allowed_packet(connection), one_packet=one_packet
-    )
-
-
-def max_allowed_packet(connection: PoolProxiedConnection) -> int:
-    """The largest packet the MySQL server takes, read once per pooled connection."""
-    info = connection.info
-    if "max_allowed_packet" not in info:
-        cursor = connection.cursor()
-        cursor.execute("SELECT @@max_allowed_packet")
-        info["max_allowed_packet"] = int(cursor.fetchall()[0][0])
-        cursor.close()
-    limit: int = info["max_allowed_packet"]
-    return limit
-
-
-def packet_limit(engine: Engine) -> int | None:
-    """The largest packet the server takes, where it caps them (MySQL); None elsewhere."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
-        return None
-    connection = engine.raw_connection()
-    try:
-        return max_allowed_packet(connection)
-    finally:
-        connection.close()
-
-
-def check_value_size(
-    entry_row: dict[str, Any],
-    generation_rows: list[dict[str, Any]],
-    limit: int,
-    *,
-    one_packet: bool,
-) -> None:
-    """Raise ValueTooLargeError if the value's packet would exceed ``limit`` bytes.
-
-    ``one_packet``: the whole value goes in one packet, else each row in its own (as
-    executemany sends a row too large to share a statement).
-    """
-    sizes = [
-        _wire_size(entry_row["prompt"]) + _wire_size(entry_row["llm_string"]),
-        *(
-            _wire_size(row["text"])
-            + _wire_size(json.dumps(row["generation_info"]))
-            + _wire_size(json.dumps(row["message"]))
-            for row in generation_rows
-        ),
-    ]
-    size = sum(sizes) if one_packet else max(sizes)
-    if size + PACKET_OVERHEAD > limit:
-        msg = (
-            f"a value of about {size:,} bytes exceeds the server's max_allowed_packet "
-            f"({limit:,} bytes); not sent"
-        )
-        raise ValueTooLargeError(msg)
-
-
-def _wire_size(value: str) -> int:
-    return utf8_size(value) + sum(value.count(c) for c in ESCAPED_CHARACTERS)
 
 
 def delete_value(connection: Connection, key_hash: str) -> int:
@@ -901,6 +690,7 @@ class TransferStatements:
 @functools.cache
 def transfer_statements(dialect_name: str) -> TransferStatements:
     """Return the transfer statements of a dialect."""
+    backend = backend_for(dialect_name)
     return TransferStatements(
         generations_of_ids=(
             select(generation)
@@ -912,11 +702,11 @@ def transfer_statements(dialect_name: str) -> TransferStatements:
         # Postgres and SQLite hand the ids back from the batched upsert itself; MySQL has no
         # RETURNING, so there the ids are looked up by key afterwards.
         upsert_entries=(
-            _upsert_entry(dialect_name, returning=False)
-            if dialect_name in ("mysql", "mariadb")
-            else _upsert_entry(dialect_name, returning=False).returning(
+            backend.upsert_entry(returning=False).returning(
                 entry.c.id, entry.c.key_hash, sort_by_parameter_order=True
             )
+            if backend.has_returning
+            else backend.upsert_entry(returning=False)
         ),
         ids_of_keys=select(entry.c.id, entry.c.key_hash).where(
             entry.c.key_hash.in_(bindparam("keys", expanding=True))

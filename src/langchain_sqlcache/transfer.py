@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from langchain_sqlcache.backends import backend_for
+
+# Only a server that caps its packets has a limit to check lines against: MySQL's.
+from langchain_sqlcache.backends.mysql import PACKET_OVERHEAD, check_value_size
 from langchain_sqlcache.cache import checked_namespace
 from langchain_sqlcache.codec import (
     encode_entry,
@@ -35,14 +39,7 @@ from langchain_sqlcache.codec import (
 )
 from langchain_sqlcache.errors import SQLCacheError
 from langchain_sqlcache.failsafe import kind_of
-from langchain_sqlcache.statements import (
-    PACKET_OVERHEAD,
-    check_value_size,
-    count_entries,
-    packet_limit,
-    read_page,
-    write_values,
-)
+from langchain_sqlcache.statements import count_entries, read_page, write_values
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
@@ -176,7 +173,8 @@ def import_lines(
         if on_skip is not None:
             on_skip(number, reason)
 
-    limit = packet_limit(cache._ready_engines().writer)
+    writer = cache._ready_engines().writer
+    limit = backend_for(writer.dialect).packet_limit(writer)
     pending: dict[str, Pending] = {}
     for number, line in enumerate(lines, start=1):
         try:
