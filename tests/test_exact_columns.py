@@ -20,8 +20,9 @@ from sqlalchemy import select, text
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.cli import main
 from langchain_sqlcache.codec import entry_key
+from langchain_sqlcache.entries import stats_rows
+from langchain_sqlcache.lifecycle import clear_batch
 from langchain_sqlcache.models import entry_table, generation_table, outputs_view
-from langchain_sqlcache.statements import clear_batch, stats_rows
 from tests.conftest import Backend, cli_runner, sync_engine
 from tests.helpers import get, put
 

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, select, update
 
 from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.codec import entry_key, model_of
+from langchain_sqlcache.fastpath import driver_query
 from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.statements import driver_query
 from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.helpers import get, put, wipe
 from tests.test_engines import StatementLog

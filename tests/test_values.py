@@ -36,8 +36,8 @@ from sqlalchemy import create_engine, func, select, text
 from langchain_sqlcache import ConfigurationError, SQLCache
 from langchain_sqlcache.codec import escape_text, unescape_text
 from langchain_sqlcache.errors import UnstorableValueError
+from langchain_sqlcache.fastpath import driver_query
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.statements import driver_query
 from langchain_sqlcache.transfer import export_records, import_lines, to_line
 from tests.conftest import TEST_PACKET_BYTES, Backend, skip_or_fail, unique_namespace
 from tests.helpers import get, put, wipe

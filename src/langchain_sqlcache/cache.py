@@ -40,6 +40,7 @@ from langchain_sqlcache.engines import (
     given_pair,
     resolve_url,
 )
+from langchain_sqlcache.entries import delete_value, record_hits, stats_rows
 from langchain_sqlcache.errors import (
     ConfigurationError,
     MissingEngineError,
@@ -56,22 +57,18 @@ from langchain_sqlcache.failsafe import (
     opened,
     retryable,
 )
+from langchain_sqlcache.fastpath import lookup_rows, store_value
 from langchain_sqlcache.hits import HitBuffer
-from langchain_sqlcache.migrations import ensure_schema
-from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
-from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
-from langchain_sqlcache.statements import (
+from langchain_sqlcache.lifecycle import (
     clear_batch,
     delete_expired_batch,
     delete_oldest_batch,
-    delete_value,
-    lookup_rows,
     measure_excess,
     prune_step,
-    record_hits,
-    stats_rows,
-    store_value,
 )
+from langchain_sqlcache.migrations import ensure_schema
+from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
+from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
 
 logger = logging.getLogger("langchain_sqlcache")
 

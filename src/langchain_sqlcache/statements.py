@@ -1,29 +1,24 @@
-"""Every SQL statement of the cache, built once per dialect and run by sync and async alike.
+"""Every statement of the cache's tables, built once per dialect: pure, no I/O.
 
-The operations at the bottom take a plain ``Connection``: sync methods call them directly and
-async methods through ``AsyncConnection.run_sync``, which drives the same code on the async
-driver without a thread, so each operation exists exactly once.
+The dialect's own forms (the upsert, the whole-value write) come from its backend
+(``backends/``); the runners are ``fastpath`` (lookups and updates, straight on the driver),
+``entries`` (one entry through a Connection), ``lifecycle`` (clearing, pruning) and
+``transfer`` (export and import). Migrations keep their own DDL, frozen per revision.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from typing import cast as cast_type
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    Connection,
     Delete,
     Insert,
     Integer,
-    Row,
     Select,
     Update,
     bindparam,
@@ -35,21 +30,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import PoolProxiedConnection
 
 from langchain_sqlcache.backends import backend_for
-from langchain_sqlcache.backends.base import ReaderMode
-from langchain_sqlcache.engines import EnginePair
-from langchain_sqlcache.errors import ValueTooLargeError
-from langchain_sqlcache.failsafe import CONNECTING, opened
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.sqlalchemy_internals import (
-    as_sqlalchemy_error,
-    await_only,
-    compile_for_driver,
-)
 
 entry = entry_table
 generation = generation_table
@@ -253,83 +236,6 @@ def matching_count(which: EntryFilter) -> Select[Any]:
     return select(func.count()).select_from(entry).where(*which.conditions())
 
 
-# -- operations: each takes a Connection and runs inside the caller's transaction ---------
-
-
-@dataclass(frozen=True)
-class DriverQuery:
-    """Statements compiled once for one dialect and schema, ready for the DBAPI cursor.
-
-    The hot paths skip SQLAlchemy's execution path (a Connection, an execution context and
-    a result per call, which cost a lookup about a third of a loopback round trip): the
-    statements are still built and compiled by SQLAlchemy, once, and their bind processors
-    still convert the parameters. Several statements are sent as one
-    packet, where the connection allows it (MySQL with multi-statements).
-    """
-
-    sql: str
-    positions: tuple[str, ...] | None
-    """Parameter names in order for positional paramstyles; None for named ones."""
-    processors: tuple[tuple[str, Callable[[Any], Any]], ...]
-    results: int = 1
-    """How many results the server sends back (one per statement)."""
-    constants: tuple[tuple[str, Any], ...] = ()
-    """The statements' own bound values (a literal such as coalesce(..., 0))."""
-    one_by_one: tuple[tuple[str, int], ...] = ()
-    """Each statement and its number of parameters, for a driver that takes one statement
-    per call (SQLite); empty when ``sql`` is sent whole."""
-
-    def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        """The DBAPI parameters for ``values``."""
-        values.update(self.constants)
-        for name, process in self.processors:
-            values[name] = process(values[name])
-        if self.positions is None:
-            return values
-        return tuple(values[name] for name in self.positions)
-
-
-@functools.lru_cache(maxsize=256)
-def driver_query(
-    name: str, dialect: Dialect, schema: str | None, generations: int = 0
-) -> DriverQuery:
-    """Compile the statements of ``name`` (a :class:`Statements` field) for a dialect and schema.
-
-    MySQL's and SQLite's ``replace_value`` depend on the number of generations they write
-    (one multi-row INSERT).
-    """
-    backend = backend_for(dialect)
-    statements = (
-        backend.whole_value_write(generations)
-        if name == "whole_value_write"
-        else (getattr(statements_for(dialect.name), name),)
-    )
-    sql: list[str] = []
-    positions: list[str] = []
-    counts: list[int] = []
-    processors: dict[str, Callable[[Any], Any]] = {}
-    constants: dict[str, Any] = {}
-    for statement in statements:
-        compiled = compile_for_driver(statement, dialect, schema)
-        sql.append(compiled.sql)
-        positions += compiled.positions
-        counts.append(len(compiled.positions))
-        processors.update(compiled.processors)
-        constants.update(compiled.constants)
-    return DriverQuery(
-        ";\n".join(sql),
-        tuple(positions) if positions else None,
-        tuple(processors.items()),
-        results=len(statements),
-        constants=tuple(constants.items()),
-        one_by_one=(
-            tuple(zip(sql, counts, strict=True))
-            if backend.statements_one_per_call and len(sql) > 1
-            else ()
-        ),
-    )
-
-
 def insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert:
     """One multi-row INSERT of ``generations`` rows (binds ``idx_0``, ``text_0``, ...)."""
     return insert(generation).values(
@@ -349,330 +255,6 @@ def insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert
 def entry_binds() -> dict[str, BindParameter[Any]]:
     """The entry columns an update writes, each as a bind parameter of its name."""
     return {name: bindparam(name, type_=entry.c[name].type) for name in WRITTEN_ENTRY_COLUMNS}
-
-
-def run_on_reader(
-    engine: Engine,
-    query: DriverQuery,
-    values: dict[str, Any],
-    mode: ReaderMode,
-    before: Callable[[PoolProxiedConnection], None] | None = None,
-) -> list[tuple[Any, ...]]:
-    """Run ``query`` as its own transaction on a pooled DBAPI connection; return its rows.
-
-    The pool still checks the connection out and in (its events, pings and limits apply);
-    a DBAPI error is raised as SQLAlchemy's, after the connection is invalidated if the
-    error says it is gone (or rolled back if not), as a Connection would do. ``before``
-    runs first, on the checked-out connection.
-    """
-    dialect = engine.dialect
-    parameters = query.parameters(values)
-    with CONNECTING:
-        try:
-            connection = engine.raw_connection()
-        except dialect.loaded_dbapi.Error as exc:  # refused, or the server is starting up
-            gone = dialect.is_disconnect(exc, None, None)
-            raise as_sqlalchemy_error(exc, dialect, None, None, invalidated=gone) from exc
-    dbapi_connection = connection.dbapi_connection
-    assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
-    try:
-        if before is not None:
-            before(connection)
-        if mode == "switch":
-            dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-        rows = fetch_on(connection, query, parameters)
-        if mode == "switch":
-            dialect.reset_isolation_level(dbapi_connection)
-        elif mode == "transaction":
-            connection.commit()
-        return rows
-    except dialect.loaded_dbapi.Error as exc:
-        gone = dialect.is_disconnect(exc, dbapi_connection, None) or backend_for(
-            dialect
-        ).turned_read_only(exc)
-        if gone:
-            connection.invalidate(exc)
-        else:
-            _roll_back(connection, exc, mode)
-        raise as_sqlalchemy_error(exc, dialect, query.sql, parameters, invalidated=gone) from exc
-    except ValueTooLargeError:
-        raise  # refused before anything was sent: the connection is as it was
-    except Exception as exc:
-        if not _raised_by_driver(exc, connection):
-            raise  # our own error: not a database failure to retry
-        # The driver's own error, not its DBAPI one, so nothing says what state the
-        # connection is in: it is closed, not handed out again, and the operation is retried
-        # on another. (asyncpg's InternalClientError, "cannot switch to state ...; another
-        # operation is in progress", on the first use after a server restart: SQLAlchemy
-        # translates it only from 2.0.50.)
-        connection.invalidate(exc)
-        raise DBAPIError(query.sql, parameters, exc, connection_invalidated=True) from exc
-    except BaseException:
-        # Cancelled mid-statement (the async path's deadline, cache._within): the
-        # connection may still owe an answer, so it is closed, never handed out again.
-        connection.invalidate()
-        raise
-    finally:
-        connection.close()
-
-
-def _raised_by_driver(exc: BaseException, connection: PoolProxiedConnection) -> bool:
-    """Whether ``exc`` comes from the connection's driver (asyncpg, ...) or its socket.
-
-    A timeout or a socket error counts: asyncpg's command_timeout raises asyncio's
-    TimeoutError, which SQLAlchemy before 2.0.50 passes on unwrapped; the connection is then
-    mid-command, and handed out again it would hang the next caller (its rollback).
-    """
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError)):
-        return True
-    driver_package = type(connection.driver_connection).__module__.split(".")[0]
-    return type(exc).__module__.split(".")[0] == driver_package
-
-
-def fetch_on(
-    connection: PoolProxiedConnection, query: DriverQuery, parameters: Any
-) -> list[tuple[Any, ...]]:
-    """Run ``query`` on a checked-out connection; return the rows of its first statement."""
-    if query.one_by_one:
-        first: list[tuple[Any, ...]] | None = None
-        start = 0
-        for sql, count in query.one_by_one:
-            rows = _fetch_one(connection, sql, parameters[start : start + count])
-            first = rows if first is None else first
-            start += count
-        return first or []
-    if query.results == 1:
-        return _fetch_one(connection, query.sql, parameters)
-    # Several statements in one packet (MySQL's multi-statements), one result each.
-    cursor = connection.cursor()
-    cursor.execute(query.sql, parameters)
-    rows = list(cursor.fetchall()) if cursor.description else []
-    for _ in range(query.results - 1):  # an error in a later statement surfaces here
-        cursor.nextset()
-    cursor.close()
-    return rows
-
-
-def _fetch_one(
-    connection: PoolProxiedConnection, sql: str, parameters: Any
-) -> list[tuple[Any, ...]]:
-    """Run one statement; return its rows."""
-    driver = connection.driver_connection
-    aiosqlite = sys.modules.get("aiosqlite")  # loaded if in use: never imported for this
-    if aiosqlite is not None and isinstance(driver, aiosqlite.Connection):
-        # aiosqlite runs each call on its own thread: SQLAlchemy's adapted cursor makes four
-        # hand-offs (cursor, execute, fetchall, close), execute_fetchall one.
-        fetched = driver.execute_fetchall(sql, parameters)
-        return list(await_only(cast_type(Awaitable[Iterable[tuple[Any, ...]]], fetched)))
-    cursor = connection.cursor()
-    cursor.execute(sql, parameters)
-    rows = list(cursor.fetchall()) if cursor.description else []
-    cursor.close()
-    return rows
-
-
-def _roll_back(connection: PoolProxiedConnection, exc: BaseException, mode: ReaderMode) -> None:
-    """End what a failed statement left open (a multi-statement's transaction)."""
-    try:
-        connection.rollback()
-    except Exception:  # noqa: BLE001 - a connection that cannot roll back is dropped
-        connection.invalidate(exc)
-        return
-    if mode == "switch":
-        # Never hand an application's pool a connection left in autocommit.
-        connection.invalidate(exc, soft=True)
-
-
-def lookup_rows(engines: EnginePair[Engine], key_hash: str, now: datetime) -> list[tuple[Any, ...]]:
-    """A lookup: its one SELECT, straight on a pooled connection of the reader.
-
-    Rows are ``(generation_type, text, generation_info, message)`` of a live entry, in
-    order; none on a miss.
-    """
-    query = driver_query("lookup", engines.reader.dialect, engines.schema)
-    values = {"key_hash": key_hash, "now": now}
-    return run_on_reader(engines.reader, query, values, engines.reader_mode)
-
-
-def store_value(
-    engines: EnginePair[Engine], entry_row: dict[str, Any], generation_rows: list[dict[str, Any]]
-) -> None:
-    """Replace an entry's whole value in one round trip where the backend allows it.
-
-    Postgres: one statement in autocommit. MySQL, on the cache's own engines: one packet of
-    statements, a transaction from START TRANSACTION to COMMIT. SQLite: the same transaction
-    from BEGIN IMMEDIATE to COMMIT, a statement per call (in-process). An application's
-    MySQL engine (no multi-statements): a transaction of three statements through a
-    Connection. An empty value deletes the entry.
-    """
-    backend = backend_for(engines.writer.dialect)
-    count = len(generation_rows)
-    if count and backend.writes_in_one_call(count, multi_statements=engines.multi_statements):
-        # MySQL's and SQLite's multi-row INSERT is compiled per number of generations;
-        # Postgres' takes them all as one json parameter.
-        by_position = backend.generations_by_position
-        query = driver_query(
-            "whole_value_write", engines.reader.dialect, engines.schema, count if by_position else 0
-        )
-        values = dict(entry_row)
-        if by_position:
-            for i, row in enumerate(generation_rows):
-                values.update({f"{name}_{i}": value for name, value in row.items()})
-        else:
-            values["generation_rows"] = generation_rows
-
-        def check(connection: PoolProxiedConnection) -> None:
-            backend.check_value_size(connection, entry_row, generation_rows, one_packet=True)
-
-        run_on_reader(
-            engines.reader,
-            query,
-            values,
-            engines.reader_mode,
-            check if backend.packet_limited else None,
-        )
-        return
-    with opened(engines.writer) as connection, connection.begin():
-        write_value(connection, entry_row, generation_rows)
-
-
-def write_value(
-    connection: Connection, entry_row: dict[str, Any], generation_rows: list[dict[str, Any]]
-) -> None:
-    """Replace an entry's whole value: upsert the entry, then swap its generations.
-
-    An empty value deletes the entry instead.
-    """
-    statements = statements_for(connection.dialect.name)
-    if not generation_rows:
-        delete_value(connection, entry_row["key_hash"])
-        return
-    backend = backend_for(connection.dialect)
-    if backend.packet_limited:  # one packet per statement
-        backend.check_value_size(
-            connection.connection, entry_row, generation_rows, one_packet=False
-        )
-    result = connection.execute(statements.upsert_entry, entry_row)
-    entry_id = result.lastrowid if statements.upsert_returns_lastrowid else result.scalar_one()
-    connection.execute(statements.delete_generations, {"entry_id": entry_id})
-    connection.execute(
-        statements.insert_generations,
-        [{**row, "entry_id": entry_id} for row in generation_rows],
-    )
-
-
-def delete_value(connection: Connection, key_hash: str) -> int:
-    """Delete one entry and its generations (without relying on ON DELETE CASCADE)."""
-    statements = statements_for(connection.dialect.name)
-    connection.execute(statements.delete_entry_generations, {"key_hash": key_hash})
-    return connection.execute(statements.delete_entry, {"key_hash": key_hash}).rowcount
-
-
-def delete_entries(connection: Connection, entry_ids: Sequence[int]) -> int:
-    """Delete a batch of entries and their generations; return how many entries went."""
-    if not entry_ids:
-        return 0
-    statements = statements_for(connection.dialect.name)
-    ids = {"ids": list(entry_ids)}
-    connection.execute(statements.delete_generations_of_ids, ids)
-    return connection.execute(statements.delete_entries_of_ids, ids).rowcount
-
-
-def clear_batch(connection: Connection, namespace: str, filters: dict[str, Any], batch: int) -> int:
-    """Delete one batch of the namespace's entries that match ``filters``."""
-    params = {"namespace": namespace, "batch": batch, **filters}
-    ids = connection.execute(matching_ids(EntryFilter.of(params)), params).scalars().all()
-    return delete_entries(connection, ids)
-
-
-@dataclass(frozen=True)
-class Excess:
-    """What a namespace holds beyond its caps, counted once and carried across batches.
-
-    Counting is a scan of the namespace; recounting before every batch made pruning a large
-    excess quadratic (990,000 entries: 728 s on MariaDB, against 52 s for clear).
-    """
-
-    entries: int
-    bytes: int
-    after_id: int = 0
-    """The last entry id a batch looked at: the next batch starts after it."""
-
-    def __bool__(self) -> bool:
-        return self.entries > 0 or self.bytes > 0
-
-
-def delete_expired_batch(connection: Connection, namespace: str, now: datetime, batch: int) -> int:
-    """Delete one batch of the namespace's expired entries; return how many went."""
-    statements = statements_for(connection.dialect.name)
-    params = {"namespace": namespace, "now": now, "batch": batch}
-    expired = connection.execute(statements.expired_ids, params).scalars().all()
-    return delete_entries(connection, expired)
-
-
-def measure_excess(
-    connection: Connection, namespace: str, max_entries: int | None, max_bytes: int | None
-) -> Excess:
-    """Count the namespace once: how many entries and bytes are over the caps."""
-    if max_entries is None and max_bytes is None:
-        return Excess(0, 0)
-    statements = statements_for(connection.dialect.name)
-    entries, size = connection.execute(statements.namespace_totals, {"namespace": namespace}).one()
-    return Excess(
-        entries=max(0, entries - max_entries) if max_entries is not None else 0,
-        bytes=max(0, int(size) - max_bytes) if max_bytes is not None else 0,
-    )
-
-
-def delete_oldest_batch(
-    connection: Connection, namespace: str, excess: Excess, batch: int
-) -> tuple[int, Excess]:
-    """Delete the oldest entries of one batch that the excess covers.
-
-    Returns how many went and the excess left (the caller's is not changed, so a batch that
-    is retried after a transient failure starts from the same place).
-    """
-    statements = statements_for(connection.dialect.name)
-    params = {"namespace": namespace, "after_id": excess.after_id, "batch": batch}
-    entries, size, after_id = excess.entries, excess.bytes, excess.after_id
-    doomed: list[int] = []
-    # FIFO, as Solid Cache argues: the oldest entries (by first write) go first.
-    for entry_id, entry_size in connection.execute(statements.oldest_entries, params):
-        if entries <= 0 and size <= 0:
-            break
-        doomed.append(entry_id)
-        entries, size, after_id = entries - 1, size - entry_size, entry_id
-    if not doomed:  # the namespace shrank meanwhile: nothing left to evict
-        return 0, Excess(0, 0, after_id)
-    return delete_entries(connection, doomed), Excess(max(0, entries), max(0, size), after_id)
-
-
-def prune_step(
-    connection: Connection,
-    namespace: str,
-    now: datetime,
-    max_entries: int | None,
-    max_bytes: int | None,
-    batch: int,
-) -> int:
-    """One bounded batch, as automatic pruning runs it: expired entries, else the oldest."""
-    expired = delete_expired_batch(connection, namespace, now, batch)
-    if expired:
-        return expired
-    excess = measure_excess(connection, namespace, max_entries, max_bytes)
-    return delete_oldest_batch(connection, namespace, excess, batch)[0] if excess else 0
-
-
-def record_hits(connection: Connection, hits: list[dict[str, Any]]) -> None:
-    """Add buffered hits to their entries (one executemany)."""
-    if hits:
-        connection.execute(statements_for(connection.dialect.name).record_hits, hits)
-
-
-def stats_rows(connection: Connection, namespace: str, now: datetime) -> Sequence[Row[Any]]:
-    """Per-model counts of a namespace, in one aggregate query."""
-    statements = statements_for(connection.dialect.name)
-    return connection.execute(statements.stats_by_model, {"namespace": namespace, "now": now}).all()
 
 
 # -- bulk transfer (export and import) ------------------------------------------------------
@@ -712,55 +294,3 @@ def transfer_statements(dialect_name: str) -> TransferStatements:
             entry.c.key_hash.in_(bindparam("keys", expanding=True))
         ),
     )
-
-
-def read_page(
-    connection: Connection, filters: Mapping[str, Any], after_id: int, batch: int
-) -> tuple[list[Row[Any]], dict[int, list[Row[Any]]]]:
-    """One page of the entries after ``after_id`` that match, with their generations by id.
-
-    ``filters`` holds EntryFilter's bind parameters (none: every entry).
-    """
-    params = {**filters, "after_id": after_id, "batch": batch}
-    entries = connection.execute(matching_page(EntryFilter.of(filters)), params).all()
-    generations: dict[int, list[Row[Any]]] = {}
-    if entries:
-        statements = transfer_statements(connection.dialect.name)
-        ids = {"ids": [row.id for row in entries]}
-        for row in connection.execute(statements.generations_of_ids, ids):
-            generations.setdefault(row.entry_id, []).append(row)
-    return list(entries), generations
-
-
-def count_entries(connection: Connection, filters: Mapping[str, Any]) -> int:
-    """How many entries match ``filters`` (EntryFilter's bind parameters)."""
-    return int(connection.execute(matching_count(EntryFilter.of(filters)), filters).scalar_one())
-
-
-def write_values(
-    connection: Connection, values: list[tuple[dict[str, Any], list[dict[str, Any]]]]
-) -> None:
-    """Write many (entry row, generation rows) values in four statements."""
-    if not values:
-        return
-    statements = transfer_statements(connection.dialect.name)
-    upserted = connection.execute(statements.upsert_entries, [entry_row for entry_row, _ in values])
-    if upserted.returns_rows:
-        ids = {key: entry_id for entry_id, key in upserted}
-    else:
-        keys = [entry_row["key_hash"] for entry_row, _ in values]
-        ids = {key: entry_id for entry_id, key in connection.execute(
-            statements.ids_of_keys, {"keys": keys}
-        )}  # fmt: skip
-    connection.execute(
-        statements_for(connection.dialect.name).delete_generations_of_ids,
-        {"ids": list(ids.values())},
-    )
-    generation_rows = [
-        {**row, "entry_id": ids[entry_row["key_hash"]]}
-        for entry_row, rows in values
-        for row in rows
-    ]
-    if generation_rows:
-        connection.execute(statements_for(connection.dialect.name).insert_generations,
-                           generation_rows)  # fmt: skip

@@ -19,7 +19,7 @@ decoder, so a file is untrusted input like a row.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -39,10 +39,16 @@ from langchain_sqlcache.codec import (
 )
 from langchain_sqlcache.errors import SQLCacheError
 from langchain_sqlcache.failsafe import kind_of
-from langchain_sqlcache.statements import count_entries, read_page, write_values
+from langchain_sqlcache.statements import (
+    EntryFilter,
+    matching_count,
+    matching_page,
+    statements_for,
+    transfer_statements,
+)
 
 if TYPE_CHECKING:
-    from sqlalchemy import Row
+    from sqlalchemy import Connection, Row
 
     from langchain_sqlcache.cache import SQLCache
 
@@ -367,3 +373,58 @@ def _instant(record: dict[str, Any], name: str) -> datetime:
 
 def _optional_instant(record: dict[str, Any], name: str) -> datetime | None:
     return None if record.get(name) is None else _instant(record, name)
+
+
+# -- the statements' runners: one page out, one batch in -----------------------------------
+
+
+def read_page(
+    connection: Connection, filters: Mapping[str, Any], after_id: int, batch: int
+) -> tuple[list[Row[Any]], dict[int, list[Row[Any]]]]:
+    """One page of the entries after ``after_id`` that match, with their generations by id.
+
+    ``filters`` holds EntryFilter's bind parameters (none: every entry).
+    """
+    params = {**filters, "after_id": after_id, "batch": batch}
+    entries = connection.execute(matching_page(EntryFilter.of(filters)), params).all()
+    generations: dict[int, list[Row[Any]]] = {}
+    if entries:
+        statements = transfer_statements(connection.dialect.name)
+        ids = {"ids": [row.id for row in entries]}
+        for row in connection.execute(statements.generations_of_ids, ids):
+            generations.setdefault(row.entry_id, []).append(row)
+    return list(entries), generations
+
+
+def count_entries(connection: Connection, filters: Mapping[str, Any]) -> int:
+    """How many entries match ``filters`` (EntryFilter's bind parameters)."""
+    return int(connection.execute(matching_count(EntryFilter.of(filters)), filters).scalar_one())
+
+
+def write_values(
+    connection: Connection, values: list[tuple[dict[str, Any], list[dict[str, Any]]]]
+) -> None:
+    """Write many (entry row, generation rows) values in four statements."""
+    if not values:
+        return
+    statements = transfer_statements(connection.dialect.name)
+    upserted = connection.execute(statements.upsert_entries, [entry_row for entry_row, _ in values])
+    if upserted.returns_rows:
+        ids = {key: entry_id for entry_id, key in upserted}
+    else:
+        keys = [entry_row["key_hash"] for entry_row, _ in values]
+        ids = {key: entry_id for entry_id, key in connection.execute(
+            statements.ids_of_keys, {"keys": keys}
+        )}  # fmt: skip
+    connection.execute(
+        statements_for(connection.dialect.name).delete_generations_of_ids,
+        {"ids": list(ids.values())},
+    )
+    generation_rows = [
+        {**row, "entry_id": ids[entry_row["key_hash"]]}
+        for entry_row, rows in values
+        for row in rows
+    ]
+    if generation_rows:
+        connection.execute(statements_for(connection.dialect.name).insert_generations,
+                           generation_rows)  # fmt: skip
