@@ -63,9 +63,9 @@ async def test_random_cancellations(empty_db: str, backend: Backend) -> None:
             await task
         except asyncio.CancelledError:
             cancelled += 1
-    await asyncio.gather(*cache._background, return_exceptions=True)
-    assert cache._async_engines is not None
-    for engine in (cache._async_engines.writer, cache._async_engines.reader):
+    await asyncio.gather(*cache.store.background, return_exceptions=True)
+    assert cache.store.async_engines is not None
+    for engine in (cache.store.async_engines.writer, cache.store.async_engines.reader):
         assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     print(f"{backend.name}: {cancelled} of {OPERATIONS} operations cancelled")
     assert cancelled >= CANCELLATIONS_WANTED

@@ -97,7 +97,7 @@ async def test_a_refused_login_or_database_raises_configuration_error(
             assert PASSWORD not in message
             assert raised.value.__cause__ is not None
             assert not is_transient(raised.value.__cause__)
-        assert cache._failures.count == 0  # never a silent miss
+        assert cache.store.failures.count == 0  # never a silent miss
     finally:
         await cache.aclose()
 

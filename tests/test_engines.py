@@ -99,9 +99,9 @@ def test_backend_engines_use_the_expected_drivers(backend: Backend) -> None:
         "mysql": ("pymysql", "aiomysql"),
     }[backend.name]
     cache = SQLCache(backend.url)
-    assert cache._engines is not None
-    assert cache._async_engines is not None
-    assert (cache._engines.writer.driver, cache._async_engines.writer.driver) == expected
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
+    assert (cache.store.engines.writer.driver, cache.store.async_engines.writer.driver) == expected
     cache.close()
 
 
@@ -109,15 +109,15 @@ def test_backend_engines_use_the_expected_drivers(backend: Backend) -> None:
 async def test_sqlite_connections_are_configured(backend: Backend) -> None:
     """WAL, NORMAL sync, foreign keys and a busy timeout, on every pool of both families."""
     cache = SQLCache(backend.url, namespace=unique_namespace())
-    assert cache._engines is not None
-    assert cache._async_engines is not None
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
     pragmas = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
     expected = ["wal", 1, 1, 30000]  # synchronous 1: NORMAL
-    for engine in cache._engines.owned:
+    for engine in cache.store.engines.owned:
         with engine.connect() as connection:
             got = [connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas]
         assert got == expected, engine
-    for async_engine in cache._async_engines.owned:
+    for async_engine in cache.store.async_engines.owned:
         async with async_engine.connect() as async_connection:
             got = [
                 (await async_connection.exec_driver_sql(f"PRAGMA {p}")).scalar() for p in pragmas
@@ -187,10 +187,10 @@ def test_url_and_one_engine_derive_the_other_family(
 ) -> None:
     engine, _ = app_engines
     cache = SQLCache(backend.url, engine=engine, namespace=unique_namespace())
-    assert cache._engines is not None
-    assert cache._engines.writer is engine
-    assert cache._async_engines is not None
-    assert cache._async_engines.owned
+    assert cache.store.engines is not None
+    assert cache.store.engines.writer is engine
+    assert cache.store.async_engines is not None
+    assert cache.store.async_engines.owned
 
 
 def test_invalid_arguments() -> None:
@@ -223,12 +223,12 @@ def test_transaction_pooler_settings_merge_with_the_users() -> None:
     names = {asyncpg_args["prepared_statement_name_func"]() for _ in range(100)}
     assert len(names) == 100
     cache = SQLCache("postgresql://app@127.0.0.1:9/app", transaction_pooler=True)
-    assert cache._engines is not None
-    assert cache._async_engines is not None
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
     # asyncpg lookups run on the transactional engine (prepare and execute reach one server
     # connection); psycopg keeps its autocommit reader.
-    assert cache._async_engines.reader is cache._async_engines.writer
-    assert cache._engines.reader is not cache._engines.writer
+    assert cache.store.async_engines.reader is cache.store.async_engines.writer
+    assert cache.store.engines.reader is not cache.store.engines.writer
 
 
 @dataclass(frozen=True)
@@ -402,4 +402,4 @@ def test_the_async_deadline_is_for_drivers_without_a_read_timeout() -> None:
     assert async_deadline(make_url("postgresql+psycopg_async://app@db/app"), Timeouts(3, 1)) == 5.0
     assert async_deadline(make_url("postgresql+asyncpg://app@db/app"), Timeouts()) is None
     assert async_deadline(make_url("mysql+aiomysql://root@db/app"), Timeouts(2, None)) is None
-    assert SQLCache("mysql://root@127.0.0.1:9/app")._async_deadline == 8.0
+    assert SQLCache("mysql://root@127.0.0.1:9/app").store.async_deadline == 8.0

@@ -23,6 +23,7 @@ from langchain_sqlcache.codec import entry_key
 from langchain_sqlcache.entries import stats_rows
 from langchain_sqlcache.lifecycle import clear_batch
 from langchain_sqlcache.models import entry_table, generation_table, outputs_view
+from langchain_sqlcache.settings import EntryFilter
 from tests.conftest import Backend, cli_runner, sync_engine
 from tests.helpers import get, put
 
@@ -156,9 +157,9 @@ def test_namespace_trailing_space_is_another_namespace(
         with engine.begin() as connection:
             padded = sync_cache.namespace + " "
             stats = stats_rows(connection, padded, datetime.now(timezone.utc))
-            assert clear_batch(connection, padded, {}, 100) == 0
+            assert clear_batch(connection, EntryFilter(namespace=padded), 100) == 0
             upper = sync_cache.namespace.upper()
-            assert clear_batch(connection, upper, {}, 100) == 0
+            assert clear_batch(connection, EntryFilter(namespace=upper), 100) == 0
             assert (
                 connection.execute(
                     text("SELECT COUNT(*) FROM llm_cache_entry WHERE namespace = :ns"),

@@ -27,7 +27,7 @@ from langchain_sqlcache import (
     UnstorableValueError,
     ValueTooLargeError,
 )
-from langchain_sqlcache import cache as cache_module
+from langchain_sqlcache import store as store_module
 from langchain_sqlcache.failsafe import CircuitBreaker, kind_of
 from tests.conftest import Backend, sync_engine, unique_identifier, unique_namespace
 from tests.helpers import get, put
@@ -285,13 +285,13 @@ async def test_a_refused_port_costs_only_the_first_operation(
     backend: Backend, family: str, on_error: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backoffs: list[int] = []
-    real_backoff: Callable[[int], float] = cache_module._backoff
+    real_backoff: Callable[[int], float] = store_module._backoff
 
     def counted_backoff(attempt: int) -> float:
         backoffs.append(attempt)
         return real_backoff(attempt)
 
-    monkeypatch.setattr(cache_module, "_backoff", counted_backoff)
+    monkeypatch.setattr(store_module, "_backoff", counted_backoff)
     cache = SQLCache(REFUSED_PORT[backend.name], on_error=on_error)  # type: ignore[arg-type]
 
     async def operation() -> None:
@@ -313,7 +313,7 @@ async def test_a_refused_port_costs_only_the_first_operation(
         durations.append(time.perf_counter() - started)
     assert statistics.median(durations) < 0.005, durations
     if on_error == "warn":
-        by_kind = cache._failures.by_kind
+        by_kind = cache.store.failures.by_kind
         assert by_kind.get("unavailable", 0) >= 1
         assert by_kind["circuit_open"] >= 30  # most of the 40 skipped the server
     await cache.aclose()

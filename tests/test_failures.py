@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from langchain_sqlcache import CacheUnavailableError, SchemaError, SQLCache
-from langchain_sqlcache import cache as cache_module
 from langchain_sqlcache import engines as engines_module
+from langchain_sqlcache import store as store_module
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import is_transient
 from tests.conftest import Backend, sync_engine, unique_namespace
@@ -213,13 +213,13 @@ async def test_idle_connections_are_pinged_before_use(
     shows what the ping saves.
     """
     backoffs: list[int] = []
-    real_backoff = cache_module._backoff
+    real_backoff = store_module._backoff
 
     def counted_backoff(attempt: int) -> float:
         backoffs.append(attempt)
         return real_backoff(attempt)
 
-    monkeypatch.setattr(cache_module, "_backoff", counted_backoff)
+    monkeypatch.setattr(store_module, "_backoff", counted_backoff)
     cache = SQLCache(empty_db, namespace="idle")
     cache.update("p", LLM, VALUE)
     assert await cache.alookup("p", LLM) == VALUE
@@ -276,15 +276,15 @@ async def test_more_callers_than_the_pool_holds_wait_a_bounded_time(backend: Bac
     )
     cache.update("p", LLM, VALUE)
     await cache.aupdate("p", LLM, VALUE)
-    assert cache._engines is not None
-    assert cache._async_engines is not None
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
     # Hold every connection of both families, as callers stuck elsewhere would (MySQL's
     # lookups have a pool of their own).
-    held = [cache._engines.writer.connect()]
-    held_async = [await cache._async_engines.writer.connect()]
-    if cache._engines.reader.pool is not cache._engines.writer.pool:
-        held.append(cache._engines.reader.connect())
-        held_async.append(await cache._async_engines.reader.connect())
+    held = [cache.store.engines.writer.connect()]
+    held_async = [await cache.store.async_engines.writer.connect()]
+    if cache.store.engines.reader.pool is not cache.store.engines.writer.pool:
+        held.append(cache.store.engines.reader.connect())
+        held_async.append(await cache.store.async_engines.reader.connect())
     started = time.perf_counter()
     assert cache.lookup("p", LLM) is None  # waited, then failed over to a miss
     assert await cache.alookup("p", LLM) is None

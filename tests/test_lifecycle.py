@@ -186,8 +186,8 @@ async def test_prune_deletes_in_bounded_batches(
     past = datetime.now(timezone.utc) - HOUR
     for i in range(10):
         set_entry(backend, cache, f"p{i}", expires_at=past)
-    assert cache._engines is not None
-    log = StatementLog(cache._engines.writer)
+    assert cache.store.engines is not None
+    log = StatementLog(cache.store.engines.writer)
     assert cache.prune() == 10
     deletes = [s for s, _ in log.statements if s.startswith("DELETE FROM llm_cache_entry")]
     assert len(deletes) == 4  # 3 + 3 + 3 + 1, each in its own transaction
@@ -199,8 +199,8 @@ async def test_prune_counts_the_namespace_once(
     cache = make_cache(max_entries=3, batch_size=2, prune_every=None)
     for i in range(10):
         cache.update(f"p{i}", LLM, VALUE)
-    assert cache._engines is not None
-    engines = cache._engines
+    assert cache.store.engines is not None
+    engines = cache.store.engines
     # A reader that shares the writer's pool also fires the writer's listeners.
     shared = engines.reader.pool is engines.writer.pool
     log = StatementLog(*((engines.writer,) if shared else (engines.writer, engines.reader)))
@@ -396,10 +396,10 @@ def traffic(cache: SQLCache) -> StatementLog:
     Listening on the engines the cache built catches their autocommit copies too (which
     share the engine's events), so no statement is counted twice.
     """
-    assert cache._engines is not None
-    assert cache._async_engines is not None
-    engines: list[Engine] = [*cache._engines.owned]
-    engines += [engine.sync_engine for engine in cache._async_engines.owned]
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
+    engines: list[Engine] = [*cache.store.engines.owned]
+    engines += [engine.sync_engine for engine in cache.store.async_engines.owned]
     return StatementLog(*engines)
 
 
@@ -526,7 +526,7 @@ async def test_stats_reads_only_its_covering_index(
     """
     cache = make_cache()
     cache.update("p", LLM, VALUE)
-    engine = cache._ready_engines().writer
+    engine = cache.store.ready().writer
     query = driver_query("stats_by_model", engine.dialect, None)
     values = {"namespace": cache.namespace, "now": datetime.now(timezone.utc)}
     explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "

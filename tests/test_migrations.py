@@ -425,10 +425,12 @@ def test_create_tables_false_on_an_empty_database(empty_db: str) -> None:
 async def test_schema_check_is_one_query_per_engine_once(backend: Backend) -> None:
     migrations.upgrade(backend.url)  # already at head: the cache only checks
     cache = SQLCache(backend.url, namespace=unique_namespace())
-    assert cache._engines is not None
-    assert cache._async_engines is not None
-    engines = (cache._engines.writer, cache._async_engines.writer.sync_engine)
-    log = StatementLog(*engines, cache._engines.reader, cache._async_engines.reader.sync_engine)
+    assert cache.store.engines is not None
+    assert cache.store.async_engines is not None
+    engines = (cache.store.engines.writer, cache.store.async_engines.writer.sync_engine)
+    log = StatementLog(
+        *engines, cache.store.engines.reader, cache.store.async_engines.reader.sync_engine
+    )
     try:
         for i in range(5):
             cache.update(f"p{i}", "llm", [Generation(text="x")])

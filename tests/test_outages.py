@@ -185,10 +185,10 @@ async def test_the_server_bounds_each_statement(backend: Backend, family: str) -
     cache = SQLCache(backend.url, namespace=unique_namespace(), statement_timeout=1.5)
     try:
         if family == "sync":
-            sync_pair = cache._ready_engines()
+            sync_pair = cache.store.ready()
             engines = [sync_pair.writer, sync_pair.reader]
         else:
-            async_pair = await cache._ready_async_engines()
+            async_pair = await cache.store.aready()
             engines = [async_pair.writer.sync_engine, async_pair.reader.sync_engine]
         for engine in engines:
             settings = await run_on(engine, family, SETTINGS[backend.name])

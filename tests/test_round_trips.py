@@ -65,9 +65,12 @@ async def metered(backend: Backend) -> AsyncIterator[tuple[SQLCache, Meter]]:
     """A cache whose traffic is counted: through a proxy on servers, traced on SQLite."""
     if backend.name == "sqlite":
         cache = SQLCache(backend.url, namespace=unique_namespace(), prune_every=None)
-        assert cache._engines is not None
-        assert cache._async_engines is not None
-        engines = [*cache._engines.owned, *(e.sync_engine for e in cache._async_engines.owned)]
+        assert cache.store.engines is not None
+        assert cache.store.async_engines is not None
+        engines = [
+            *cache.store.engines.owned,
+            *(e.sync_engine for e in cache.store.async_engines.owned),
+        ]
         meter = Meter(trace=SQLiteTrace(*engines))
         yield cache, meter
     else:

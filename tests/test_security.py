@@ -109,12 +109,15 @@ async def test_values_over_max_allowed_packet_are_refused_before_sending(
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_connection_turned_read_only_is_replaced(backend: Backend) -> None:
     cache = SQLCache(backend.url, namespace=unique_namespace(), pool_size=1, max_overflow=0)
-    assert cache._engines is not None
+    assert cache.store.engines is not None
     cache.lookup("warm up", LLM)
     connections: dict[str, list[Any]] = {}
     # Updates are one statement on the autocommit engine; deletes a transaction on the
     # transactional one: each pool meets a standby.
-    for name, engine in (("autocommit", cache._engines.reader), ("writer", cache._engines.writer)):
+    for name, engine in (
+        ("autocommit", cache.store.engines.reader),
+        ("writer", cache.store.engines.writer),
+    ):
         engine.dispose()
         seen = connections[name] = []
 

@@ -280,11 +280,11 @@ def test_a_shorter_write_racing_a_longer_one_reads_whole(backend: Backend) -> No
     cache = SQLCache(backend.url, namespace=unique_namespace())
     longer = [Generation(text=f"A{i}") for i in range(4)]
     cache.update("p", LLM, [Generation(text="first")])
-    assert cache._engines is not None
-    query = driver_query("replace_value", cache._engines.reader.dialect, None)
-    entry_row, generation_rows = cache._encode("p", LLM, longer)
+    assert cache.store.engines is not None
+    query = driver_query("replace_value", cache.store.engines.reader.dialect, None)
+    entry_row, generation_rows = cache.settings.rows("p", LLM, longer)
     values = {**entry_row, "generation_rows": generation_rows}
-    holder = cache._engines.writer.raw_connection()
+    holder = cache.store.engines.writer.raw_connection()
     try:
         cursor = holder.cursor()
         cursor.execute(query.sql, query.parameters(values))  # A, its transaction left open

@@ -1,62 +1,31 @@
-"""SQLCache: LangChain's LLM cache in a relational database, sync and native async."""
+"""SQLCache: LangChain's LLM cache in a relational database, sync and native async.
+
+The facade: options are checked once (``settings``), every call goes through the failure
+policy once (``failsafe``), and the database work is the store's (``store``). Each sync
+method and its async twin differ only by ``await``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import itertools
-import logging
-import random
-import threading
-import time
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from datetime import timedelta
+from typing import Any, Literal
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, Row, create_engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from langchain_sqlcache.codec import (
-    decode_generations,
-    encode_entry,
-    entry_key,
-    escape_text,
-    model_allowlist,
-)
+from langchain_sqlcache.codec import decode_generations
 from langchain_sqlcache.engines import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    EnginePair,
     Timeouts,
-    async_deadline,
-    build_pair,
-    driver_urls,
-    given_pair,
-    resolve_url,
 )
 from langchain_sqlcache.entries import delete_value, record_hits, stats_rows
-from langchain_sqlcache.errors import (
-    ConfigurationError,
-    MissingEngineError,
-    SchemaError,
-    checked_identifier,
-    configuration_error,
-    is_transient,
-)
-from langchain_sqlcache.failsafe import (
-    CircuitBreaker,
-    Failsafe,
-    FailureLog,
-    kind_of,
-    opened,
-    retryable,
-)
+from langchain_sqlcache.failsafe import Failsafe, FailureLog
 from langchain_sqlcache.fastpath import lookup_rows, store_value
 from langchain_sqlcache.hits import HitBuffer
 from langchain_sqlcache.lifecycle import (
@@ -66,21 +35,17 @@ from langchain_sqlcache.lifecycle import (
     measure_excess,
     prune_step,
 )
-from langchain_sqlcache.migrations import ensure_schema
-from langchain_sqlcache.models import NAMESPACE_MAX_LENGTH
-from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
+from langchain_sqlcache.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PRUNE_EVERY,
+    EntryFilter,
+    Settings,
+    checked_namespace,
+    utc_now,
+)
+from langchain_sqlcache.store import Store
 
-logger = logging.getLogger("langchain_sqlcache")
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-# An operation that meets a transient failure is retried whole, a few times.
-ATTEMPTS = 4
-RETRY_BASE_DELAY_SECONDS = 0.01
-DEFAULT_BATCH_SIZE = 1000
-DEFAULT_PRUNE_EVERY = 100
-CLEAR_FILTERS = ("llm_string", "older_than", "expired_only")
+__all__ = ["CacheStats", "ModelStats", "SQLCache", "checked_namespace"]
 
 
 @dataclass(frozen=True)
@@ -211,103 +176,67 @@ class SQLCache(BaseCache):
         pydantic_classes: Iterable[type[BaseModel]] = (),
         **engine_kwargs: Any,
     ) -> None:
-        namespace = checked_namespace(namespace)
-        if url is None and engine is None and async_engine is None:
-            url = resolve_url(None)
-        if url is None and (engine_kwargs or transaction_pooler):
-            options = sorted(engine_kwargs) + (["transaction_pooler"] if transaction_pooler else [])
-            msg = f"engine options {options} need a url to build engines from"
-            raise ConfigurationError(msg)
-        self.namespace = namespace
-        self.schema = checked_identifier(schema)
-        self._key_secret = key_secret.encode() if isinstance(key_secret, str) else key_secret
-        self.create_tables = create_tables
-        self.ttl = _positive_duration(ttl)
-        self.max_entries = _positive("max_entries", max_entries)
-        self.max_bytes = _positive("max_bytes", max_bytes)
-        self.prune_every = _positive("prune_every", prune_every)
-        self.batch_size = _positive("batch_size", batch_size) or DEFAULT_BATCH_SIZE
-        if on_error not in ("warn", "raise"):
-            msg = f"on_error must be 'warn' or 'raise', not {on_error!r}"
-            raise ConfigurationError(msg)
-        self.on_error = on_error
-        timeouts = Timeouts(connect=connect_timeout, statement=statement_timeout)
-        self._models = model_allowlist(pydantic_classes)
-        self._failures = FailureLog()
-        self._failsafe = Failsafe(on_error, self._failures)
-        self._hits = HitBuffer() if record_hits else None
-        # Operations whose caller was cancelled, finishing on their own (see _arun).
-        self._background: set[asyncio.Future[Any]] = set()
-        self._writes = itertools.count(1)
-        self._engines: EnginePair[Engine] | None = None
-        self._async_engines: EnginePair[AsyncEngine] | None = None
-        parsed = resolve_url(url) if url is not None else None
-        if engine is not None:
-            self._engines = given_pair(engine, schema)
-        elif parsed is not None:
-            self._engines = build_pair(
-                create_engine,
-                parsed,
-                engine_kwargs,
-                schema,
-                transaction_pooler=transaction_pooler,
-                timeouts=timeouts,
-            )
-        # Async drivers bind a connection to the event loop that opened it, so the async
-        # pools this cache builds are per loop (see _loop_engines); the first is built here so
-        # that a missing driver fails now.
-        self._build_async_pair: Callable[[], EnginePair[AsyncEngine]] | None = None
-        if async_engine is not None:
-            self._async_engines = given_pair(async_engine, schema)
-        elif parsed is not None:
-            self._build_async_pair = functools.partial(
-                build_pair,
-                create_async_engine,
-                parsed,
-                dict(engine_kwargs),
-                schema,
-                transaction_pooler=transaction_pooler,
-                timeouts=timeouts,
-            )
-            self._async_engines = self._build_async_pair()
-        # The bound the async path puts on one attempt where the driver has none (aiomysql).
-        self._async_deadline = (
-            async_deadline(driver_urls(parsed)[1], timeouts)
-            if parsed is not None and async_engine is None
-            else None
+        self.settings = Settings.of(
+            namespace=namespace,
+            schema=schema,
+            create_tables=create_tables,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            record_hits=record_hits,
+            prune_every=prune_every,
+            batch_size=batch_size,
+            on_error=on_error,
+            key_secret=key_secret,
+            pydantic_classes=pydantic_classes,
         )
-        self._escaped_namespace = escape_text(namespace)
-        # One breaker per database server: a cache built from one URL has one for both
-        # families; engines of different servers (given ones) fail apart.
-        self._breaker, self._async_breaker = _breakers(self._engines, self._async_engines)
-        self._ready_lock = threading.Lock()
-        self._engines_ready = False
-        self._async_engines_ready = False
-        self._async_engines_claimed = False
-        self._loop_pairs: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[EnginePair[AsyncEngine], AsyncGenerator[None, None]]
-        ] = weakref.WeakKeyDictionary()
+        """The cache's options, checked."""
+        self._failures = FailureLog()
+        self._failsafe = Failsafe(self.settings.on_error, self._failures)
+        self._hits = HitBuffer() if record_hits else None
+        self.store = Store(
+            self.settings,
+            self._failures,
+            url=url,
+            engine=engine,
+            async_engine=async_engine,
+            transaction_pooler=transaction_pooler,
+            timeouts=Timeouts(connect=connect_timeout, statement=statement_timeout),
+            engine_kwargs=engine_kwargs,
+        )
+        """The engines and how operations reach them (see langchain_sqlcache.store)."""
+
+    # The options, as the constructor took them (read-only: see settings).
+    namespace = property(lambda self: self.settings.namespace)
+    schema = property(lambda self: self.settings.schema)
+    create_tables = property(lambda self: self.settings.create_tables)
+    ttl = property(lambda self: self.settings.ttl)
+    max_entries = property(lambda self: self.settings.max_entries)
+    max_bytes = property(lambda self: self.settings.max_bytes)
+    prune_every = property(lambda self: self.settings.prune_every)
+    batch_size = property(lambda self: self.settings.batch_size)
+    on_error = property(lambda self: self.settings.on_error)
 
     # -- the BaseCache contract ------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
-        key_hash, now = self._key_hash(prompt, llm_string), _now()
+        key_hash, now = self.settings.key_hash(prompt, llm_string), utc_now()
         rows: Sequence[Sequence[Any]] = self._failsafe.run(
-            "lookup", (), lambda: self._run(lookup_rows, key_hash, now)
+            "lookup", (), lambda: self.store.run(lookup_rows, key_hash, now)
         )
-        value = decode_generations(rows, key_hash=key_hash, models=self._models)
+        value = decode_generations(rows, key_hash=key_hash, models=self.settings.models)
         if value is not None and self._hits is not None:
             self._flush_hits(self._hits.add(key_hash, now))
         return value
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
-        key_hash, now = self._key_hash(prompt, llm_string), _now()
+        key_hash, now = self.settings.key_hash(prompt, llm_string), utc_now()
         rows: Sequence[Sequence[Any]] = await self._failsafe.arun(
-            "lookup", (), lambda: self._arun(lookup_rows, key_hash, now)
+            "lookup", (), lambda: self.store.arun(lookup_rows, key_hash, now)
         )
-        value = decode_generations(rows, key_hash=key_hash, models=self._models)
+        value = decode_generations(rows, key_hash=key_hash, models=self.settings.models)
         if value is not None and self._hits is not None:
             await self._aflush_hits(self._hits.add(key_hash, now))
         return value
@@ -332,10 +261,10 @@ class SQLCache(BaseCache):
         self._failsafe.run("update", None, lambda: self._store(prompt, llm_string, return_val))
 
     def _store(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-        self._run(store_value, entry_row, generation_rows)
-        if self._prune_due():
-            self._write(prune_step, *self._prune_arguments())
+        entry_row, generation_rows = self.settings.rows(prompt, llm_string, return_val)
+        self.store.run(store_value, entry_row, generation_rows)
+        if self.settings.prune_due():
+            self.store.write(prune_step, *self._prune_arguments())
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
@@ -344,10 +273,10 @@ class SQLCache(BaseCache):
         )
 
     async def _astore(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        entry_row, generation_rows = self._encode(prompt, llm_string, return_val)
-        await self._arun(store_value, entry_row, generation_rows)
-        if self._prune_due():
-            await self._awrite(prune_step, *self._prune_arguments())
+        entry_row, generation_rows = self.settings.rows(prompt, llm_string, return_val)
+        await self.store.arun(store_value, entry_row, generation_rows)
+        if self.settings.prune_due():
+            await self.store.awrite(prune_step, *self._prune_arguments())
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this namespace's entries, in batches; other namespaces are kept.
@@ -362,34 +291,34 @@ class SQLCache(BaseCache):
             TypeError: An unknown keyword argument.
 
         """
-        filters = self._clear_filters(kwargs)
-        self._failsafe.run("clear", None, lambda: self._clear(filters))
+        which = self.settings.entry_filter(**kwargs)
+        self._failsafe.run("clear", None, lambda: self._clear(which))
 
-    def _clear(self, filters: dict[str, Any]) -> None:
-        while self._write(clear_batch, self._escaped_namespace, filters, self.batch_size):
+    def _clear(self, which: EntryFilter) -> None:
+        while self.store.write(clear_batch, which, self.settings.batch_size):
             pass
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async :meth:`clear`, on the async engine."""
-        filters = self._clear_filters(kwargs)
-        await self._failsafe.arun("clear", None, lambda: self._aclear(filters))
+        which = self.settings.entry_filter(**kwargs)
+        await self._failsafe.arun("clear", None, lambda: self._aclear(which))
 
-    async def _aclear(self, filters: dict[str, Any]) -> None:
-        while await self._awrite(clear_batch, self._escaped_namespace, filters, self.batch_size):
+    async def _aclear(self, which: EntryFilter) -> None:
+        while await self.store.awrite(clear_batch, which, self.settings.batch_size):
             pass
 
     # -- lifecycle and stats ---------------------------------------------------------------
 
     def delete(self, prompt: str, llm_string: str) -> bool:
         """Delete one entry; return whether it existed (False when the database failed)."""
-        key_hash = self._key_hash(prompt, llm_string)
-        return self._failsafe.run("delete", 0, lambda: self._write(delete_value, key_hash)) > 0
+        key_hash = self.settings.key_hash(prompt, llm_string)
+        return self._failsafe.run("delete", 0, lambda: self.store.write(delete_value, key_hash)) > 0
 
     async def adelete(self, prompt: str, llm_string: str) -> bool:
         """Async :meth:`delete`, on the async engine."""
-        key_hash = self._key_hash(prompt, llm_string)
+        key_hash = self.settings.key_hash(prompt, llm_string)
         deleted = await self._failsafe.arun(
-            "delete", 0, lambda: self._awrite(delete_value, key_hash)
+            "delete", 0, lambda: self.store.awrite(delete_value, key_hash)
         )
         return deleted > 0
 
@@ -406,11 +335,11 @@ class SQLCache(BaseCache):
 
     def _prune(self, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        while deleted := self._write(delete_expired_batch, namespace, now, batch):
+        while deleted := self.store.write(delete_expired_batch, namespace, now, batch):
             removed[0] += deleted
-        excess = self._read(measure_excess, namespace, max_entries, max_bytes)
+        excess = self.store.read(measure_excess, namespace, max_entries, max_bytes)
         while excess:
-            deleted, excess = self._write(delete_oldest_batch, namespace, excess, batch)
+            deleted, excess = self.store.write(delete_oldest_batch, namespace, excess, batch)
             removed[0] += deleted
 
     async def aprune(self) -> int:
@@ -421,11 +350,11 @@ class SQLCache(BaseCache):
 
     async def _aprune(self, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        while deleted := await self._awrite(delete_expired_batch, namespace, now, batch):
+        while deleted := await self.store.awrite(delete_expired_batch, namespace, now, batch):
             removed[0] += deleted
-        excess = await self._aread(measure_excess, namespace, max_entries, max_bytes)
+        excess = await self.store.aread(measure_excess, namespace, max_entries, max_bytes)
         while excess:
-            deleted, excess = await self._awrite(delete_oldest_batch, namespace, excess, batch)
+            deleted, excess = await self.store.awrite(delete_oldest_batch, namespace, excess, batch)
             removed[0] += deleted
 
     def stats(self) -> CacheStats:
@@ -437,384 +366,61 @@ class SQLCache(BaseCache):
         under either policy (``CacheUnavailableError`` for an outage).
         """
         self._flush_hits(self._hits.take() if self._hits else [])
-        namespace, now = self._escaped_namespace, _now()
+        namespace, now = self.settings.stored_namespace, utc_now()
         rows: Sequence[Row[Any]] = self._failsafe.run(
-            "stats", (), lambda: self._read(stats_rows, namespace, now), on_error="raise"
+            "stats", (), lambda: self.store.read(stats_rows, namespace, now), on_error="raise"
         )
         return _stats_of(rows, self._failures)
 
     async def astats(self) -> CacheStats:
         """Async :meth:`stats`, on the async engine."""
         await self._aflush_hits(self._hits.take() if self._hits else [])
-        namespace, now = self._escaped_namespace, _now()
+        namespace, now = self.settings.stored_namespace, utc_now()
         rows: Sequence[Row[Any]] = await self._failsafe.arun(
-            "stats", (), lambda: self._aread(stats_rows, namespace, now), on_error="raise"
+            "stats", (), lambda: self.store.aread(stats_rows, namespace, now), on_error="raise"
         )
         return _stats_of(rows, self._failures)
 
     def close(self) -> None:
         """Write pending hits; dispose of the sync engines this cache built."""
-        if self._engines is not None and self._hits is not None:
+        if self.store.engines is not None and self._hits is not None:
             self._flush_hits(self._hits.take())
-        for engine in self._engines.owned if self._engines else ():
-            engine.dispose()
+        self.store.close()
 
     async def aclose(self) -> None:
         """Dispose of every engine this cache built, once pending work is done.
 
         Operations of cancelled callers finish first, then pending hits are written.
         """
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(work for work in self._background if work.get_loop() is loop),
-            return_exceptions=True,
-        )
-        if self._async_engines is not None and self._hits is not None:
+        await self.store.adrain()
+        if self.store.async_engines is not None and self._hits is not None:
             await self._aflush_hits(self._hits.take())
-        # This loop's pools close here; those of other loops close as their loops shut down.
-        if loop in self._loop_pairs:
-            _, closer = self._loop_pairs.pop(loop)
-            await closer.aclose()
+        await self.store.aclose()
         self.close()
 
     # -- shared by the sync and async paths ------------------------------------------------
 
-    def _key_hash(self, prompt: str, llm_string: str) -> str:
-        return entry_key(self.namespace, prompt, llm_string, self._key_secret)
-
-    def _encode(
-        self, prompt: str, llm_string: str, return_val: Sequence[Any]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        now = _now()
-        return encode_entry(
-            self.namespace,
-            prompt,
-            llm_string,
-            return_val,
-            created_at=now,
-            updated_at=now,
-            expires_at=now + self.ttl if self.ttl else None,
-            secret=self._key_secret,
-            models=self._models,
-        )
-
-    def _clear_filters(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(kwargs) - set(CLEAR_FILTERS))
-        if unknown:
-            msg = (
-                f"clear() got unexpected keyword arguments: {', '.join(unknown)} "
-                f"(it takes {', '.join(CLEAR_FILTERS)})"
-            )
-            raise TypeError(msg)
-        filters: dict[str, Any] = {}
-        if kwargs.get("llm_string") is not None:
-            filters["llm_string"] = escape_text(kwargs["llm_string"])
-        older_than = kwargs.get("older_than")
-        if isinstance(older_than, timedelta):
-            filters["cutoff"] = _now() - older_than
-        elif isinstance(older_than, datetime):
-            if older_than.tzinfo is None:
-                msg = "older_than must be an aware datetime (or a timedelta)"
-                raise TypeError(msg)
-            filters["cutoff"] = older_than
-        elif older_than is not None:
-            msg = f"older_than must be a datetime or a timedelta, not {type(older_than).__name__}"
-            raise TypeError(msg)
-        if kwargs.get("expired_only"):
-            filters["now"] = _now()
-        return filters
-
-    def _prune_due(self) -> bool:
-        return self.prune_every is not None and next(self._writes) % self.prune_every == 0
-
-    def _prune_arguments(self) -> tuple[str, datetime, int | None, int | None, int]:
-        return self._escaped_namespace, _now(), self.max_entries, self.max_bytes, self.batch_size
-
     def _flush_hits(self, hits: list[dict[str, Any]]) -> None:
         if hits:  # a lost hit count never fails the lookup that flushes it
             self._failsafe.run(
-                "record hits", None, lambda: self._write(record_hits, hits), on_error="warn"
+                "record hits", None, lambda: self.store.write(record_hits, hits), on_error="warn"
             )
 
     async def _aflush_hits(self, hits: list[dict[str, Any]]) -> None:
         if hits:
             await self._failsafe.arun(
-                "record hits", None, lambda: self._awrite(record_hits, hits), on_error="warn"
+                "record hits", None, lambda: self.store.awrite(record_hits, hits), on_error="warn"
             )
 
-    def _ready_engines(self) -> EnginePair[Engine]:
-        if self._engines is None:
-            raise MissingEngineError(_missing_engine_message("sync", "engine", "create_engine"))
-        if not self._engines_ready:
-            with self._ready_lock:
-                if not self._engines_ready:
-                    try:
-                        _check_schema(self._engines, self.schema, self.create_tables)
-                    except Exception as exc:
-                        _raise_if_refused(exc, self._engines.writer.url)
-                        raise
-                    self._engines_ready = True
-        return self._engines
-
-    async def _ready_async_engines(self) -> EnginePair[AsyncEngine]:
-        if self._async_engines is None:
-            raise MissingEngineError(
-                _missing_engine_message("async", "async_engine", "create_async_engine")
-            )
-        engines = self._async_engines
-        if self._build_async_pair is not None:
-            engines = await self._loop_engines(self._build_async_pair)
-        if not self._async_engines_ready:
-            # Tasks that race here each run the check (the migration itself serializes on a
-            # database lock); no lock is held across an await, so the cache stays usable from
-            # successive event loops.
-            try:
-                await greenlet_spawn(
-                    _check_schema,
-                    engines.sync,
-                    self.schema,
-                    self.create_tables,
-                    _require_await=False,
-                )
-            except Exception as exc:
-                _raise_if_refused(exc, engines.writer.url)
-                raise
-            self._async_engines_ready = True
-        return engines
-
-    async def _loop_engines(
-        self, build: Callable[[], EnginePair[AsyncEngine]]
-    ) -> EnginePair[AsyncEngine]:
-        """The pools this cache built for the running event loop.
-
-        Each loop gets its own (the first takes those built by __init__), so the same cache
-        serves successive asyncio.run() calls and loops running side by side in threads.
-        """
-        loop = asyncio.get_running_loop()
-        if loop not in self._loop_pairs:
-            assert self._async_engines is not None  # noqa: S101 - set with the builder
-            pair = build() if self._async_engines_claimed else self._async_engines
-            self._async_engines_claimed = True
-            closer = self._close_on_loop_shutdown(pair.owned)
-            await anext(closer)
-            self._loop_pairs[loop] = (pair, closer)
-        return self._loop_pairs[loop][0]
-
-    @staticmethod
-    async def _close_on_loop_shutdown(engines: Sequence[AsyncEngine]) -> AsyncGenerator[None, None]:
-        """Close the pools on their own loop when it shuts down.
-
-        asyncio.run() (and pytest-asyncio) finalize the async generators still alive on a
-        loop before closing it, and this one's ``finally`` runs there: the pooled connections
-        are closed by the loop that opened them instead of by the garbage collector, after the
-        loop is gone (which drivers such as aiomysql report as errors).
-        """
-        try:
-            yield
-        finally:
-            for engine in engines:
-                await engine.dispose()
-
-    def _read(
-        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        return self._run(_on_reader, lambda connection: operation(connection, *args, **kwargs))
-
-    def _write(
-        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        return self._run(_in_transaction, lambda connection: operation(connection, *args, **kwargs))
-
-    async def _aread(
-        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        return await self._arun(
-            _on_reader, lambda connection: operation(connection, *args, **kwargs)
+    def _prune_arguments(self) -> tuple[str, Any, int | None, int | None, int]:
+        settings = self.settings
+        return (
+            settings.stored_namespace,
+            utc_now(),
+            settings.max_entries,
+            settings.max_bytes,
+            settings.batch_size,
         )
-
-    async def _awrite(
-        self, operation: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        return await self._arun(
-            _in_transaction, lambda connection: operation(connection, *args, **kwargs)
-        )
-
-    def _run(
-        self,
-        work: Callable[Concatenate[EnginePair[Engine], P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Run ``work`` on the sync engines, unless their server is being skipped.
-
-        Failures that another attempt may get through at once (a lost pooled connection, a
-        deadlock, a failover) are retried with jittered backoff; the circuit breaker learns
-        how the operation ended.
-        """
-        probe = self._breaker.admit()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                result = work(self._ready_engines(), *args, **kwargs)
-            except BaseException as exc:
-                if not _retry(self._breaker, probe, exc, attempt):
-                    raise
-            else:
-                self._breaker.settle(probe, None)
-                return result
-            time.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _arun(
-        self,
-        work: Callable[Concatenate[EnginePair[Engine], P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Async :meth:`_run`: the same code, on the async engine's pool and driver.
-
-        The database work is shielded from the caller's cancellation: a cancelled caller
-        gets its CancelledError at once, while the operation finishes on its own, so its
-        transaction ends (a value is written whole or not at all) and its connection goes
-        back to the pool instead of being abandoned mid-statement.
-        """
-        task = asyncio.ensure_future(self._arun_unshielded(work, *args, **kwargs))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._background.add(task)
-            task.add_done_callback(self._finished_in_background)
-            raise
-
-    def _finished_in_background(self, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)
-        exc = None if task.cancelled() else task.exception()
-        if exc is not None:  # nobody is left to raise it to: counted and logged
-            self._failures.record("cancelled operation", kind_of(exc) or "error", exc)
-
-    async def _within(self, deadline: float | None, operation: Awaitable[T]) -> T:
-        """Await ``operation``, giving up after ``deadline`` seconds (None: no bound).
-
-        The bound of an attempt on drivers that have no read timeout of their own
-        (aiomysql, async psycopg; see engines.async_deadline): against a server that stops
-        answering mid-statement nothing else returns. At the deadline the caller gets a
-        TimeoutError at once (a failure of kind "timeout", not retried), while the
-        operation is cancelled in the background, where the pool throws its connection
-        away (statements.run_on_reader, SQLAlchemy's Connection): waiting for that could
-        cost a driver's cancel request to the same hung server.
-        """
-        if deadline is None:
-            return await operation
-        task = asyncio.ensure_future(operation)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=deadline)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task in done:
-            return task.result()
-        task.cancel()
-        self._background.add(task)
-        task.add_done_callback(self._finished_in_background)
-        msg = f"no answer from the database within {deadline:g} s"
-        raise TimeoutError(msg)
-
-    async def _arun_unshielded(
-        self,
-        work: Callable[Concatenate[EnginePair[Engine], P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        probe = self._async_breaker.admit()
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                engines = await self._ready_async_engines()
-                # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
-                # the return to the pool, where the async engine's sync facade drives the
-                # async driver.
-                result = await self._within(
-                    self._async_deadline,
-                    greenlet_spawn(work, engines.sync, *args, _require_await=False, **kwargs),
-                )
-            except BaseException as exc:
-                if not _retry(self._async_breaker, probe, exc, attempt):
-                    raise
-            else:
-                self._async_breaker.settle(probe, None)
-                return result
-            await asyncio.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-# -- work on a family's engines: the sync methods run it directly, the async ones in
-# SQLAlchemy's greenlet, on the sync facade of the async engines --------------------------
-
-
-def _in_transaction(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
-    with opened(engines.writer) as connection, connection.begin():
-        return operation(connection)
-
-
-def _on_reader(engines: EnginePair[Engine], operation: Callable[[Connection], T]) -> T:
-    with opened(engines.reader) as connection:
-        return operation(connection)
-
-
-def _check_schema(engines: EnginePair[Engine], schema: str | None, create: bool) -> None:
-    """The first use's check (and creation) of the tables.
-
-    A database error here that no retry fixes (a role without the right to create the
-    tables, say) is the configuration's, raised as SchemaError under either policy.
-    """
-    with opened(engines.writer) as connection:
-        try:
-            ensure_schema(connection, schema, create=create)
-        except DBAPIError as exc:
-            if is_transient(exc):
-                raise
-            detail = str(exc.orig).strip().splitlines()
-            msg = f"the cache's tables cannot be checked or created: {detail[0] if detail else exc}"
-            raise SchemaError(msg) from exc
-
-
-def _retry(breaker: CircuitBreaker, probe: bool, exc: BaseException, attempt: int) -> bool:
-    """Whether to try an operation again after ``exc``; if not, tell the breaker."""
-    if attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc):
-        return True
-    breaker.settle(probe, exc)
-    return False
-
-
-def _breakers(
-    engines: EnginePair[Engine] | None, async_engines: EnginePair[AsyncEngine] | None
-) -> tuple[CircuitBreaker, CircuitBreaker]:
-    """A breaker for each family's server, the same one when both talk to the same server."""
-    urls = [pair.writer.url if pair is not None else None for pair in (engines, async_engines)]
-    servers = [
-        (url.get_backend_name(), url.host, url.port, url.database) if url else None for url in urls
-    ]
-    names = [
-        url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
-        if url
-        else "database"
-        for url in urls
-    ]
-    breaker = CircuitBreaker(names[0])
-    return breaker, breaker if servers[0] == servers[1] else CircuitBreaker(names[1])
-
-
-def _raise_if_refused(exc: Exception, url: URL) -> None:
-    """Raise a ConfigurationError, the driver's error chained, for a login or database refused.
-
-    Found at the first use of each family's engines, the first time they connect: the same
-    one-line error on all six drivers, under both failure policies.
-    """
-    error = configuration_error(exc, url)
-    if error is not None:
-        raise error from exc
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog) -> CacheStats:
@@ -837,54 +443,4 @@ def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog) -> CacheStats:
         models=models,
         failures=failures.count,
         failures_by_kind=dict(failures.by_kind),
-    )
-
-
-def checked_namespace(namespace: object) -> str:
-    """Return ``namespace`` if the cache can keep it apart from every other; else raise.
-
-    The one set of rules for a namespace, wherever it comes from (the constructor, a line
-    that ``import`` reads).
-
-    Raises:
-        ConfigurationError: Not a string, longer than its column once stored, or ending
-            with a space.
-
-    """
-    if not isinstance(namespace, str) or len(escape_text(namespace)) > NAMESPACE_MAX_LENGTH:
-        msg = f"namespace must be a string of at most {NAMESPACE_MAX_LENGTH} characters"
-        raise ConfigurationError(msg)
-    if namespace.endswith(" "):
-        # MySQL's collations ignore trailing spaces, so "a " would share entries with "a".
-        msg = f"namespace must not end with a space: {namespace!r}"
-        raise ConfigurationError(msg)
-    return namespace
-
-
-def _positive(name: str, value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or value <= 0):
-        msg = f"{name} must be a positive integer or None, not {value!r}"
-        raise ConfigurationError(msg)
-    return value
-
-
-def _positive_duration(ttl: timedelta | float | None) -> timedelta | None:
-    if ttl is None:
-        return None
-    duration = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
-    if duration <= timedelta(0):
-        msg = f"ttl must be positive, not {ttl!r}"
-        raise ConfigurationError(msg)
-    return duration
-
-
-def _backoff(attempt: int) -> float:
-    """Jittered exponential backoff, so that retrying writers do not collide again."""
-    return random.uniform(0, RETRY_BASE_DELAY_SECONDS * 2**attempt)  # noqa: S311
-
-
-def _missing_engine_message(family: str, argument: str, factory: str) -> str:
-    return (
-        f"this SQLCache has no {family} engine: pass {argument}={factory}(...) "
-        f"or a url= to build one from"
     )

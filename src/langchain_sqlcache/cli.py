@@ -225,7 +225,7 @@ def demo(url: str, latency: float) -> None:
     from langchain_sqlcache import demo as demo_module
 
     cache = SQLCache(url, namespace=demo_module.NAMESPACE, record_hits=True, on_error="raise")
-    cache._ready_engines()  # connect (and migrate an empty database) before printing
+    cache.store.ready()  # connect (and migrate an empty database) before printing
     click.secho(f"langchain-sqlcache demo on {_shown(url)}", bold=True)
     click.echo(f"A fake chat model that takes {latency * 1000:.0f} ms, asked each prompt twice.\n")
     timings = demo_module.run(cache, click.echo, latency)
@@ -397,7 +397,7 @@ def import_command(url: str, source: IO[bytes], namespace: str | None, schema: s
         click.echo(f"line {number}: skipped: {reason}", err=True)
 
     try:
-        cache._ready_engines()  # fail on the database before the progress bar starts
+        cache.store.ready()  # fail on the database before the progress bar starts
         with click.progressbar(source, label="import", file=sys.stderr) as lines:
             result = transfer.import_lines(
                 cache, lines, keep_namespaces=namespace is None, on_skip=skipped

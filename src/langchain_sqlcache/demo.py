@@ -126,7 +126,7 @@ async def _atimed(awaitable: Any) -> float:
 
 def analyst_rows(cache: SQLCache) -> tuple[str, list[str], Sequence[Any]]:
     """The demo's analyst query over the view: its SQL, column names and rows."""
-    with cache._ready_engines().reader.connect() as connection:
+    with cache.store.ready().reader.connect() as connection:
         result = connection.execute(ANALYST_QUERY, {"namespace": NAMESPACE})
         sql = str(ANALYST_QUERY.compile(dialect=connection.dialect))
         return sql, list(result.keys()), result.all()

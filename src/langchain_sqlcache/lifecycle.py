@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     Connection,
 )
 
 from langchain_sqlcache.models import entry_table, generation_table
-from langchain_sqlcache.statements import EntryFilter, matching_ids, statements_for
+from langchain_sqlcache.settings import EntryFilter
+from langchain_sqlcache.statements import FilterShape, matching_ids, statements_for
 
 entry = entry_table
 generation = generation_table
@@ -33,10 +33,11 @@ def delete_entries(connection: Connection, entry_ids: Sequence[int]) -> int:
     return connection.execute(statements.delete_entries_of_ids, ids).rowcount
 
 
-def clear_batch(connection: Connection, namespace: str, filters: dict[str, Any], batch: int) -> int:
-    """Delete one batch of the namespace's entries that match ``filters``."""
-    params = {"namespace": namespace, "batch": batch, **filters}
-    ids = connection.execute(matching_ids(EntryFilter.of(params)), params).scalars().all()
+def clear_batch(connection: Connection, which: EntryFilter, batch: int) -> int:
+    """Delete one batch of the entries that ``which`` selects."""
+    params = which.params()
+    shape = FilterShape.of(params)
+    ids = connection.execute(matching_ids(shape), {**params, "batch": batch}).scalars().all()
     return delete_entries(connection, ids)
 
 

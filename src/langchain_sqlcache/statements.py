@@ -172,11 +172,12 @@ GENERATION_VALUE_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class EntryFilter:
-    """Which entries clear() and export touch, as conditions on bind parameters.
+class FilterShape:
+    """Which conditions a filter (settings.EntryFilter) puts on bind parameters.
 
     ``namespace`` (the entry's namespace), ``llm_string``, ``cutoff`` (last written before
-    it) and ``now`` (expired by then); a filter without a parameter does not restrict.
+    it) and ``now`` (expired by then); a filter without a parameter does not restrict. One
+    statement is built per shape, whatever the values.
     """
 
     namespace: bool
@@ -185,7 +186,7 @@ class EntryFilter:
     expired_only: bool
 
     @classmethod
-    def of(cls, params: Mapping[str, Any]) -> EntryFilter:
+    def of(cls, params: Mapping[str, Any]) -> FilterShape:
         """The filter whose bind parameters ``params`` supplies."""
         return cls(
             namespace="namespace" in params,
@@ -209,7 +210,7 @@ class EntryFilter:
 
 
 @functools.cache
-def matching_ids(which: EntryFilter) -> Select[Any]:
+def matching_ids(which: FilterShape) -> Select[Any]:
     """A batch of the ids of the entries that match, oldest first (any dialect)."""
     return (
         select(entry.c.id)
@@ -220,7 +221,7 @@ def matching_ids(which: EntryFilter) -> Select[Any]:
 
 
 @functools.cache
-def matching_page(which: EntryFilter) -> Select[Any]:
+def matching_page(which: FilterShape) -> Select[Any]:
     """The next page (keyset: ids after ``after_id``) of the entries that match."""
     return (
         select(entry)
@@ -231,7 +232,7 @@ def matching_page(which: EntryFilter) -> Select[Any]:
 
 
 @functools.cache
-def matching_count(which: EntryFilter) -> Select[Any]:
+def matching_count(which: FilterShape) -> Select[Any]:
     """How many entries match."""
     return select(func.count()).select_from(entry).where(*which.conditions())
 

@@ -19,7 +19,7 @@ decoder, so a file is untrusted input like a row.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,6 @@ from langchain_sqlcache.backends import backend_for
 
 # Only a server that caps its packets has a limit to check lines against: MySQL's.
 from langchain_sqlcache.backends.mysql import PACKET_OVERHEAD, check_value_size
-from langchain_sqlcache.cache import checked_namespace
 from langchain_sqlcache.codec import (
     encode_entry,
     escape_json,
@@ -39,8 +38,9 @@ from langchain_sqlcache.codec import (
 )
 from langchain_sqlcache.errors import SQLCacheError
 from langchain_sqlcache.failsafe import kind_of
+from langchain_sqlcache.settings import EntryFilter, checked_namespace
 from langchain_sqlcache.statements import (
-    EntryFilter,
+    FilterShape,
     matching_count,
     matching_page,
     statements_for,
@@ -59,36 +59,33 @@ EXPORT_PAGE = 1000
 IMPORT_BATCH = 500
 
 
-def selection(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> dict[str, Any]:
-    """The entries an export reads, as the statements' bind parameters.
+def selection(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> EntryFilter:
+    """The entries an export reads.
 
     The cache's namespace (or every namespace), narrowed by ``clear()``'s filters:
     ``llm_string=``, ``older_than=`` (aware datetime or timedelta), ``expired_only=True``,
     parsed by the same code as ``clear()``.
     """
-    params = cache._clear_filters(filters)
-    if not all_namespaces:
-        params["namespace"] = escape_text(cache.namespace)
-    return params
+    return cache.settings.entry_filter(all_namespaces=all_namespaces, **filters)
 
 
 def count(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> int:
     """How many entries an export would write (filters as in :func:`selection`)."""
-    params = selection(cache, all_namespaces=all_namespaces, **filters)
-    with cache._ready_engines().reader.connect() as connection:
-        return count_entries(connection, params)
+    which = selection(cache, all_namespaces=all_namespaces, **filters)
+    return cache.store.read(count_entries, which)
 
 
 def export_records(
     cache: SQLCache, *, all_namespaces: bool, **filters: Any
 ) -> Iterator[dict[str, Any]]:
-    """Every entry selected (see :func:`selection`), oldest first, a page at a time."""
-    params = selection(cache, all_namespaces=all_namespaces, **filters)
-    engine = cache._ready_engines().reader
+    """Every entry selected (see :func:`selection`), oldest first, a page at a time.
+
+    Each page is read under the store's retries, as import's batches are written.
+    """
+    which = selection(cache, all_namespaces=all_namespaces, **filters)
     after_id = 0
     while True:
-        with engine.connect() as connection:
-            entries, generations = read_page(connection, params, after_id, EXPORT_PAGE)
+        entries, generations = cache.store.read(read_page, which, after_id, EXPORT_PAGE)
         if not entries:
             return
         for row in entries:
@@ -179,7 +176,7 @@ def import_lines(
         if on_skip is not None:
             on_skip(number, reason)
 
-    writer = cache._ready_engines().writer
+    writer = cache.store.ready().writer
     limit = backend_for(writer.dialect).packet_limit(writer)
     pending: dict[str, Pending] = {}
     for number, line in enumerate(lines, start=1):
@@ -210,7 +207,7 @@ def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str
     if not batch:
         return 0
     try:
-        cache._write(write_values, [(entry_row, rows) for _, entry_row, rows in batch])
+        cache.store.write(write_values, [(entry_row, rows) for _, entry_row, rows in batch])
     except Exception as exc:
         if not _refused(exc):
             raise
@@ -219,7 +216,7 @@ def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str
     written = 0
     for number, entry_row, rows in batch:
         try:
-            cache._write(write_values, [(entry_row, rows)])
+            cache.store.write(write_values, [(entry_row, rows)])
         except Exception as exc:
             if not _refused(exc):
                 raise
@@ -318,7 +315,7 @@ def _rows_of(
     ]
     try:
         # The allowlisted decoder, as for a row read from the database.
-        value = rebuild_generations(rows, models=cache._models)
+        value = rebuild_generations(rows, models=cache.settings.models)
     except Exception as exc:
         msg = f"its generations cannot be rebuilt ({_reason(exc)})"
         raise InvalidLine(msg) from exc
@@ -330,8 +327,8 @@ def _rows_of(
         created_at=_instant(record, "created_at"),
         updated_at=_instant(record, "updated_at"),
         expires_at=_optional_instant(record, "expires_at"),
-        secret=cache._key_secret,
-        models=cache._models,
+        secret=cache.settings.key_secret,
+        models=cache.settings.models,
     )
     hit_count = record.get("hit_count", 0)
     if not isinstance(hit_count, int) or isinstance(hit_count, bool) or hit_count < 0:
@@ -379,14 +376,12 @@ def _optional_instant(record: dict[str, Any], name: str) -> datetime | None:
 
 
 def read_page(
-    connection: Connection, filters: Mapping[str, Any], after_id: int, batch: int
+    connection: Connection, which: EntryFilter, after_id: int, batch: int
 ) -> tuple[list[Row[Any]], dict[int, list[Row[Any]]]]:
-    """One page of the entries after ``after_id`` that match, with their generations by id.
-
-    ``filters`` holds EntryFilter's bind parameters (none: every entry).
-    """
-    params = {**filters, "after_id": after_id, "batch": batch}
-    entries = connection.execute(matching_page(EntryFilter.of(filters)), params).all()
+    """One page of the entries after ``after_id`` that ``which`` selects, with their generations."""
+    params = which.params()
+    page = matching_page(FilterShape.of(params))
+    entries = connection.execute(page, {**params, "after_id": after_id, "batch": batch}).all()
     generations: dict[int, list[Row[Any]]] = {}
     if entries:
         statements = transfer_statements(connection.dialect.name)
@@ -396,9 +391,10 @@ def read_page(
     return list(entries), generations
 
 
-def count_entries(connection: Connection, filters: Mapping[str, Any]) -> int:
-    """How many entries match ``filters`` (EntryFilter's bind parameters)."""
-    return int(connection.execute(matching_count(EntryFilter.of(filters)), filters).scalar_one())
+def count_entries(connection: Connection, which: EntryFilter) -> int:
+    """How many entries ``which`` selects."""
+    params = which.params()
+    return int(connection.execute(matching_count(FilterShape.of(params)), params).scalar_one())
 
 
 def write_values(
