@@ -281,7 +281,7 @@ def test_a_shorter_write_racing_a_longer_one_reads_whole(backend: Backend) -> No
     longer = [Generation(text=f"A{i}") for i in range(4)]
     cache.update("p", LLM, [Generation(text="first")])
     assert cache.store.engines is not None
-    query = driver_query("replace_value", cache.store.engines.reader.dialect, None)
+    query = driver_query("whole_value_write", cache.store.engines.reader.dialect, None)
     entry_row, generation_rows = cache.settings.rows("p", LLM, longer)
     values = {**entry_row, "generation_rows": generation_rows}
     holder = cache.store.engines.writer.raw_connection()

@@ -133,7 +133,7 @@ def timeout_args(url: URL, timeouts: Timeouts, given: dict[str, Any]) -> dict[st
 
     ``url`` names the driver; ``given`` is what the user passed already (the URL's query and
     ``connect_args``): a timeout the user set there is theirs. The Postgres statement
-    timeout is set once a connection is open (see postgres_statement_timeout).
+    timeout is set once a connection is open (see session_setup).
     """
     args = backend_for(url).timeout_args(url, timeouts, given)
     return {key: value for key, value in args.items() if value is not None and key not in given}

@@ -77,10 +77,11 @@ class DriverQuery:
 def driver_query(
     name: str, dialect: Dialect, schema: str | None, generations: int = 0
 ) -> DriverQuery:
-    """Compile the statements of ``name`` (a :class:`Statements` field) for a dialect and schema.
+    """Compile the statements of ``name`` for a dialect and schema.
 
-    MySQL's and SQLite's ``replace_value`` depend on the number of generations they write
-    (one multi-row INSERT).
+    ``name`` is a :class:`~langchain_sqlcache.statements.Statements` field, or
+    ``whole_value_write``: the backend's update, whose MySQL and SQLite forms depend on the
+    number of generations they write (one multi-row INSERT).
     """
     backend = backend_for(dialect)
     statements = (

@@ -98,7 +98,8 @@ def statements_for(dialect_name: str) -> Statements:
             )
             .select_from(entry.join(generation))
             .where(entry.c.key_hash == key_hash)
-            # An entry's value is its first generation_count generations (see replace_value).
+            # An entry's value is its first generation_count generations (see
+            # backends.postgres.replace_value).
             .where(generation.c.idx < entry.c.generation_count)
             .where(or_(entry.c.expires_at.is_(None), entry.c.expires_at > now))
             .order_by(generation.c.idx)
