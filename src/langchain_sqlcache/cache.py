@@ -40,12 +40,9 @@ from langchain_sqlcache.settings import (
     DEFAULT_PRUNE_EVERY,
     EntryFilter,
     Settings,
-    checked_namespace,
     utc_now,
 )
 from langchain_sqlcache.store import Store
-
-__all__ = ["CacheStats", "ModelStats", "SQLCache", "checked_namespace"]
 
 
 @dataclass(frozen=True)
