@@ -115,7 +115,7 @@ def driver_query(
     )
 
 
-def run_on_reader(
+def run_direct(
     engine: Engine,
     query: DriverQuery,
     values: dict[str, Any],
@@ -255,7 +255,7 @@ def lookup_rows(engines: EnginePair[Engine], key_hash: str, now: datetime) -> li
     """
     query = driver_query("lookup", engines.reader.dialect, engines.schema)
     values = {"key_hash": key_hash, "now": now}
-    return run_on_reader(engines.reader, query, values, engines.reader_mode)
+    return run_direct(engines.reader, query, values, engines.reader_mode)
 
 
 def store_value(
@@ -288,7 +288,7 @@ def store_value(
         def check(connection: PoolProxiedConnection) -> None:
             backend.check_value_size(connection, entry_row, generation_rows, one_packet=True)
 
-        run_on_reader(
+        run_direct(
             engines.reader,
             query,
             values,

@@ -317,7 +317,7 @@ class Store:
         answering mid-statement nothing else returns. At the deadline the caller gets a
         TimeoutError at once (a failure of kind "timeout", not retried), while the
         operation is cancelled in the background, where the pool throws its connection
-        away (fastpath.run_on_reader, SQLAlchemy's Connection): waiting for that could
+        away (fastpath.run_direct, SQLAlchemy's Connection): waiting for that could
         cost a driver's cancel request to the same hung server.
         """
         if deadline is None:
