@@ -203,16 +203,52 @@ class SQLCache(BaseCache):
         )
         """The engines and how operations reach them (see langchain_sqlcache.store)."""
 
-    # The options, as the constructor took them (read-only: see settings).
-    namespace = property(lambda self: self.settings.namespace)
-    schema = property(lambda self: self.settings.schema)
-    create_tables = property(lambda self: self.settings.create_tables)
-    ttl = property(lambda self: self.settings.ttl)
-    max_entries = property(lambda self: self.settings.max_entries)
-    max_bytes = property(lambda self: self.settings.max_bytes)
-    prune_every = property(lambda self: self.settings.prune_every)
-    batch_size = property(lambda self: self.settings.batch_size)
-    on_error = property(lambda self: self.settings.on_error)
+    # -- the options, as checked (read-only: see settings) ----------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The ``namespace`` option."""
+        return self.settings.namespace
+
+    @property
+    def schema(self) -> str | None:
+        """The ``schema`` option."""
+        return self.settings.schema
+
+    @property
+    def create_tables(self) -> bool:
+        """The ``create_tables`` option."""
+        return self.settings.create_tables
+
+    @property
+    def ttl(self) -> timedelta | None:
+        """The ``ttl`` option."""
+        return self.settings.ttl
+
+    @property
+    def max_entries(self) -> int | None:
+        """The ``max_entries`` option."""
+        return self.settings.max_entries
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The ``max_bytes`` option."""
+        return self.settings.max_bytes
+
+    @property
+    def prune_every(self) -> int | None:
+        """The ``prune_every`` option."""
+        return self.settings.prune_every
+
+    @property
+    def batch_size(self) -> int:
+        """The ``batch_size`` option."""
+        return self.settings.batch_size
+
+    @property
+    def on_error(self) -> Literal["warn", "raise"]:
+        """The ``on_error`` option."""
+        return self.settings.on_error
 
     # -- the BaseCache contract ------------------------------------------------------------
 
