@@ -80,9 +80,22 @@ from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
 from langchain_sqlcache.statements import DriverQuery, driver_query, fetch_on, lookup_rows
 from langchain_sqlcache.transfer import count, export_records, to_line
 
-# The round-trip counter the tests use (tests/wire.py), from the repository's root.
+# Run by path, this script has bench/ on sys.path, not the repository's root that bench.*
+# imports need (see bench/__init__.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The round-trip counter the tests use (tests/wire.py), from the repository's root.
 from tests.wire import SQLiteTrace, WireTap
+
+from bench.internals import (
+    async_engines,
+    async_runner,
+    key_hasher,
+    ready_async_engines,
+    ready_engines,
+    runner,
+    sync_engines,
+    unshielded_async_runner,
+)
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 SERVER_URLS = {
@@ -576,7 +589,8 @@ def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
     peers = langchain_caches(backend, result)
     floor_lookup, floor_close = sync_floor(backend)
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
-    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    hash_key = key_hasher(cache)
+    keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     value = answer(1, 1)
     for prompt in hot:
         cache.update(prompt, LLM, value)
@@ -608,7 +622,7 @@ def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
             samples[name]["hit"].append(elapsed)
     for n in range(plan.hits):
         prompt = prompt_of(f"missing {n}", PROMPT_SIZES["200 B"])
-        keys[prompt] = cache._key_hash(prompt, LLM)  # the floor gets its key for free
+        keys[prompt] = hash_key(prompt, LLM)  # the floor gets its key for free
         for name, call in _rotated(lookups, n):
             samples[name]["miss"].append(_ns(lambda: call(prompt))[0])  # noqa: B023
     for n in range(plan.updates):
@@ -665,7 +679,8 @@ async def _async_throughput(
         )
     )
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
-    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    hash_key = key_hasher(cache)
+    keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor = await async_floor(backend, POOL_CAPACITY)
     peers = {
         name: peer
@@ -700,7 +715,7 @@ async def _async_throughput(
 
 def _pool_of(cache: SQLCache) -> str:
     """The pool settings of the async engine a cache built."""
-    engines = cache._async_engines
+    engines = async_engines(cache)
     pool: Any = engines.reader.sync_engine.pool if engines is not None else None
     size = pool.size() if hasattr(pool, "size") else "?"
     return f"pool_size={size}, max_overflow={getattr(pool, '_max_overflow', '?')}"
@@ -749,7 +764,8 @@ def update_round_trips(backend: Backend, result: BackendResult) -> None:
     cache = SQLCache(
         tap.url if tap else backend.url, namespace=TRIPS_NS, on_error="raise", prune_every=None
     )
-    trace = SQLiteTrace(*cache._engines.owned) if cache._engines and not tap else None
+    engines = sync_engines(cache)
+    trace = SQLiteTrace(*engines.owned) if engines and not tap else None
     try:
         # Drivers prepare a statement on its first use (asyncpg) or fifth (psycopg).
         for n in range(6):
@@ -889,9 +905,10 @@ def _growth_row(
     warmup = min(plan.warmup, lookups)
     ours: list[int] = []
     theirs: list[int] = []
+    hash_key = key_hasher(cache)
     for n in range(warmup + lookups):
         prompt = prompts[n % len(prompts)]
-        key_hash = cache._key_hash(prompt, LLM)
+        key_hash = hash_key(prompt, LLM)
         pair = [
             (ours, lambda: cache.lookup(prompt, LLM)),  # noqa: B023
             (theirs, lambda: floor_lookup(key_hash)),  # noqa: B023
@@ -1025,9 +1042,10 @@ def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
     for prompt in hot:
         cache.update(prompt, LLM, answer(1, 1))
-    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    hash_key, run = key_hasher(cache), runner(cache)
+    keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor_lookup, floor_close = sync_floor(backend)
-    engines = cache._ready_engines()
+    engines = ready_engines(cache)
     reader = engines.reader
     query = driver_query("lookup", reader.dialect, engines.schema)
     now = now_utc()
@@ -1039,10 +1057,10 @@ def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
 
     calls: dict[str, Callable[[str], object]] = {
         LOOKUP: lambda prompt: cache.lookup(prompt, LLM),
-        HASH: lambda prompt: cache._key_hash(prompt, LLM),
+        HASH: lambda prompt: hash_key(prompt, LLM),
         CHECKOUT: lambda _prompt: checkout(),
         HELD: lambda prompt: _held_lookup(held, query, keys[prompt], now),
-        READ: lambda prompt: cache._run(lookup_rows, keys[prompt], now),
+        READ: lambda prompt: run(lookup_rows, keys[prompt], now),
         DECODE: lambda prompt: decode_generations(rows[prompt], key_hash=keys[prompt]),
         FLOOR: lambda prompt: floor_lookup(keys[prompt]),
     }
@@ -1063,10 +1081,12 @@ def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
 
 async def _async_components(backend: Backend, plan: Plan, hot: list[str]) -> dict[str, Stats]:
     cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
-    keys = {prompt: cache._key_hash(prompt, LLM) for prompt in hot}
+    hash_key = key_hasher(cache)
+    arun, arun_unshielded = async_runner(cache), unshielded_async_runner(cache)
+    keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor = await async_floor(backend, 1)
     await cache.alookup(hot[0], LLM)  # this loop's pool
-    engines = await cache._ready_async_engines()
+    engines = await ready_async_engines(cache)
     reader = engines.reader
     query = driver_query("lookup", reader.dialect, engines.schema)
     now = now_utc()
@@ -1074,8 +1094,8 @@ async def _async_components(backend: Backend, plan: Plan, hot: list[str]) -> dic
     held = await reader.raw_connection()
     calls: dict[str, Callable[[str], Awaitable[object]]] = {
         ALOOKUP: lambda prompt: cache.alookup(prompt, LLM),
-        AREAD: lambda prompt: cache._arun(lookup_rows, keys[prompt], now),
-        AUNSHIELDED: lambda prompt: cache._arun_unshielded(lookup_rows, keys[prompt], now),
+        AREAD: lambda prompt: arun(lookup_rows, keys[prompt], now),
+        AUNSHIELDED: lambda prompt: arun_unshielded(lookup_rows, keys[prompt], now),
         AHELD: lambda prompt: greenlet_spawn(_held_lookup, held, query, keys[prompt], now),
         AFLOOR: lambda prompt: floor.lookup(keys[prompt]),
     }
