@@ -48,7 +48,6 @@ import resource
 import shlex
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,8 +55,8 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,14 +65,12 @@ import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pymysql
-from langchain_core.messages import AIMessage
-from langchain_core.outputs import ChatGeneration, Generation
+from langchain_core.outputs import Generation
 from sqlalchemy import Engine, create_engine, insert, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import decode_generations, encode_entry
-from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.errors import CacheUnavailableError, is_transient
 from langchain_sqlcache.models import entry_table, generation_table
 from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
@@ -86,6 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The round-trip counter the tests use (tests/wire.py), from the repository's root.
 from tests.wire import SQLiteTrace, WireTap
 
+from bench.backends import BACKENDS, Backend, drop_backend, scratch_backend, server_version
 from bench.internals import (
     async_engines,
     async_runner,
@@ -96,36 +94,32 @@ from bench.internals import (
     sync_engines,
     unshielded_async_runner,
 )
-
-BACKENDS = ("sqlite", "postgresql", "mysql")
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-    ),
-    "mysql": os.environ.get("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-}
-# One scratch database per run, so that two runs on one server never share tables.
-SCRATCH = f"sqlcache_bench_{os.getpid()}"
-LLM = "[('_type', 'openai-chat'), ('model_name', 'gpt-4o-mini'), ('temperature', 0.0)]"
-HOT_NS, TRIPS_NS, GROWTH_NS, PROBE_NS = "bench", "bench-trips", "bench-growth", "bench-probe"
-# Entries filled in bulk get ids from here up, clear of the ids the cache's own writes draw.
-ID_BASE = 1_000_000_000
-FILL_BATCH = 10_000
-# SQLAlchemy's default pool: 5 connections plus 10 overflow. The raw async pools get as many.
-POOL_CAPACITY = 15
-CONCURRENCY = (1, 16, 64)
-ROUND_TRIP_GENERATIONS = (1, 4, 16)
-PROMPT_SIZES = {"200 B": 200, "20 KB": 20_000, "1 MB": 1_000_000}
-DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
-QUICK_SIZES = (1_000, 10_000)
-FLOOR, SQLCACHE, LC_CACHE, LC_MD5 = (
-    "raw driver",
-    "SQLCache",
-    "SQLAlchemyCache",
-    "SQLAlchemyMd5Cache",
+from bench.plan import (
+    CONCURRENCY,
+    DEFAULT_SIZES,
+    FILL_BATCH,
+    FLOOR,
+    FULL,
+    GROWTH_NS,
+    HOT_NS,
+    ID_BASE,
+    LC_CACHE,
+    LC_MD5,
+    LLM,
+    POOL_CAPACITY,
+    PROBE_NS,
+    PROMPT_SIZES,
+    QUICK,
+    QUICK_SIZES,
+    ROUND_TRIP_GENERATIONS,
+    SQLCACHE,
+    SQLCACHE_POOLED,
+    TRIPS_NS,
+    Plan,
 )
-# SQLCache with a pool that holds POOL_CAPACITY connections instead of 5 + 10 overflow ones.
-SQLCACHE_POOLED = "SQLCache, pool_size=15"
+from bench.results import BackendResult, GrowthRow, MemoryRow, Profile, Stats, Trips
+from bench.workload import _ns, answer, filler_generations, filler_prompt, log, now_utc, prompt_of
+
 MIB = 2**20
 
 # The lookup SQLCache runs (statements.lookup), written out by hand; {0} and {1} are the
@@ -136,252 +130,6 @@ LOOKUP_SQL = (
     " WHERE e.key_hash = {0} AND (e.expires_at IS NULL OR e.expires_at > {1})"
     " ORDER BY g.idx"
 )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How many operations each measurement runs."""
-
-    hot_keys: int
-    warmup: int
-    hits: int
-    updates: int
-    async_ops: int
-    rounds: int
-    growth_hits: int
-    probes_20kb: int
-    probes_1mb: int
-    profile_ops: int
-
-
-FULL = Plan(
-    hot_keys=500,
-    warmup=200,
-    hits=2000,
-    updates=500,
-    async_ops=4000,
-    rounds=3,
-    growth_hits=2000,
-    probes_20kb=200,
-    probes_1mb=24,
-    profile_ops=5000,
-)
-QUICK = Plan(
-    hot_keys=50,
-    warmup=20,
-    hits=200,
-    updates=50,
-    async_ops=400,
-    rounds=1,
-    growth_hits=200,
-    probes_20kb=20,
-    probes_1mb=4,
-    profile_ops=1000,
-)
-
-
-# -- results ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Latency percentiles of one operation, in microseconds."""
-
-    p50: float
-    p99: float
-    mean: float
-    n: int
-
-    @classmethod
-    def of(cls, samples_ns: Sequence[int]) -> Stats:
-        """Percentiles of samples in nanoseconds."""
-        ordered = sorted(samples_ns)
-        return cls(
-            p50=_rank(ordered, 0.50) / 1e3,
-            p99=_rank(ordered, 0.99) / 1e3,
-            mean=statistics.fmean(ordered) / 1e3,
-            n=len(ordered),
-        )
-
-
-def _rank(ordered: Sequence[int], quantile: float) -> float:
-    """Nearest-rank percentile of sorted samples."""
-    return float(ordered[min(len(ordered) - 1, max(0, round(quantile * len(ordered)) - 1))])
-
-
-@dataclass(frozen=True)
-class Trips:
-    """What one update sent: round trips on the wire, or SQLite's statements."""
-
-    generations: int
-    replace: bool
-    round_trips: int | None
-    """Client requests answered by the server (None on SQLite, which is in-process)."""
-    statements: list[str]
-    """SQLite's statements in order, as its trace callback saw them."""
-
-
-@dataclass(frozen=True)
-class GrowthRow:
-    """Hit latency of one kind of entry at one table size."""
-
-    size: int
-    prompt: str
-    generations: int
-    sqlcache: Stats
-    floor: Stats
-
-
-@dataclass(frozen=True)
-class MemoryRow:
-    """One operation over the big table, run in its own process."""
-
-    operation: str
-    entries: int
-    seconds: float
-    baseline_mib: float
-    peak_mib: float
-    detail: str
-
-
-@dataclass
-class BackendResult:
-    """Everything measured on one backend."""
-
-    name: str
-    server: str = ""
-    pool: str = ""
-    sync: dict[str, dict[str, Stats]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-    throughput: dict[str, dict[int, float]] = field(default_factory=dict)
-    trips: list[Trips] = field(default_factory=list)
-    growth: list[GrowthRow] = field(default_factory=list)
-    fills: list[tuple[int, float]] = field(default_factory=list)
-    memory: list[MemoryRow] = field(default_factory=list)
-    components: dict[str, Stats] = field(default_factory=dict)
-    async_components: dict[str, Stats] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Profile:
-    """Where the time of a few thousand hits went, by function."""
-
-    label: str
-    seconds: float
-    ops: int
-    steps: list[tuple[str, float]]
-    packages: list[tuple[str, float]]
-    top_self: list[tuple[str, float]]
-
-
-# -- backends, values, keys ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A scratch database on one backend."""
-
-    name: str
-    url: URL
-
-    @property
-    def sync_url(self) -> URL:
-        """The URL with SQLCache's sync driver."""
-        return driver_urls(self.url)[0]
-
-
-def scratch_backend(name: str, work: Path) -> Backend:
-    """Create the scratch database afresh (a file for SQLite)."""
-    if name == "sqlite":
-        return Backend(name, make_url(f"sqlite:///{work / 'bench.db'}"))
-    server = make_url(SERVER_URLS[name])
-    _admin(server, f"DROP DATABASE IF EXISTS {SCRATCH}", f"CREATE DATABASE {SCRATCH}")
-    return Backend(name, server.set(database=SCRATCH))
-
-
-def drop_backend(backend: Backend) -> None:
-    if backend.name == "sqlite":
-        return
-    force = " WITH (FORCE)" if backend.name == "postgresql" else ""
-    # From the server's own database: Postgres cannot drop the one a session is in.
-    _admin(make_url(SERVER_URLS[backend.name]), f"DROP DATABASE IF EXISTS {SCRATCH}{force}")
-
-
-def _admin(server: URL, *statements: str) -> None:
-    admin = create_engine(driver_urls(server)[0], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            for statement in statements:
-                connection.execute(text(statement))
-    finally:
-        admin.dispose()
-
-
-def server_version(backend: Backend) -> str:
-    if backend.name == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    # The cache each server keeps of its tables matters once they outgrow it (see growth).
-    buffers = {
-        "postgresql": "SELECT current_setting('shared_buffers')",
-        "mysql": "SELECT CONCAT(@@innodb_buffer_pool_size DIV 1048576, 'MB')",
-    }[backend.name]
-    engine = create_engine(backend.sync_url)
-    try:
-        with engine.connect() as connection:
-            version = str(connection.execute(text("SELECT version()")).scalar_one())
-            buffer = str(connection.execute(text(buffers)).scalar_one())
-    finally:
-        engine.dispose()
-    if backend.name == "postgresql":
-        return f"{version.split(' on ')[0]}, shared_buffers {buffer}"
-    return f"MariaDB/MySQL {version}, innodb_buffer_pool_size {buffer}"
-
-
-def answer(i: int, generations: int) -> list[Generation]:
-    """A chat model's answer, as LangChain caches it: ChatGenerations with usage metadata."""
-    return [
-        ChatGeneration(
-            message=AIMessage(
-                content=f"Answer {i}.{k}: " + "lorem ipsum dolor sit amet " * 14,
-                id=f"run-{i}-{k}",
-                usage_metadata={"input_tokens": 40, "output_tokens": 90, "total_tokens": 130},
-                response_metadata={"model_name": "gpt-4o-mini", "finish_reason": "stop"},
-            ),
-            generation_info={"finish_reason": "stop"},
-        )
-        for k in range(generations)
-    ]
-
-
-def prompt_of(label: str, size: int) -> str:
-    """A chat prompt of exactly ``size`` ASCII bytes, distinct per label."""
-    head = f'[{{"role": "user", "content": "{label}: '
-    body = "please summarize the attached report " * (size // 37 + 1)
-    return (head + body)[: size - 3] + '"}]'
-
-
-def filler_prompt(i: int) -> str:
-    return prompt_of(f"filler {i:010d}", PROMPT_SIZES["200 B"])
-
-
-def filler_generations(i: int) -> int:
-    """Filler entries alternate: even ones hold 1 generation, odd ones 4."""
-    return 1 if i % 2 == 0 else 4
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _ns(call: Callable[[], object]) -> tuple[int, object]:
-    started = time.perf_counter_ns()
-    result = call()
-    return time.perf_counter_ns() - started, result
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the floor: the same lookup through the raw drivers -------------------------------------
