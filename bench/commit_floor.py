@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from langchain_core.outputs import Generation
-from lifecycle import backends  # the same three backends as bench/lifecycle.py
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.engines import driver_urls
+
+# Run by path, this script has bench/ on sys.path, not the repository's root that bench.*
+# imports need (see bench/__init__.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.lifecycle import backends  # the same three backends as bench/lifecycle.py
 
 VALUE = "x" * 600
 PROBE_TABLE = "bench_commit_floor"

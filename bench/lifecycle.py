@@ -13,9 +13,11 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import sqlalchemy
 from langchain_core.outputs import Generation
@@ -24,6 +26,11 @@ from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.engines import driver_urls
+
+# Run by path, this script has bench/ on sys.path, not the repository's root that bench.*
+# imports need (see bench/__init__.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.backends import SERVER_URLS  # the servers bench/performance.py measures
 
 LLM = "[('model', 'bench-model')]"
 BULK_NAMESPACE = "bench-stats"
@@ -54,13 +61,7 @@ BULK_INSERT = {
 
 def backends() -> dict[str, str]:
     sqlite_file = os.path.join(tempfile.mkdtemp(), "bench.db")
-    return {
-        "sqlite": f"sqlite:///{sqlite_file}",
-        "postgresql": os.environ.get(
-            "SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        "mysql": os.environ.get("SQLCACHE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
-    }
+    return {"sqlite": f"sqlite:///{sqlite_file}", **SERVER_URLS}
 
 
 def timed(call: Callable[[], object], repeat: int) -> list[float]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,11 @@ from sqlalchemy.engine import make_url
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.engines import driver_urls
 from langchain_sqlcache.transfer import import_lines
+
+# Run by path, this script has bench/ on sys.path, not the repository's root that bench.*
+# imports need (see bench/__init__.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.backends import SERVER_URLS  # the servers bench/performance.py measures
 
 SCRATCH = "sqlcache_transfer_bench"
 # The command, reporting its own peak RSS on stderr as it exits: VmHWM from /proc, which
@@ -86,8 +90,7 @@ def run(args: list[str]) -> tuple[float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--target", default=os.environ.get(
-        "SQLCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))  # fmt: skip
+    parser.add_argument("--target", default=SERVER_URLS["postgresql"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     dev = f"sqlite:///{work / 'dev.db'}"
