@@ -27,8 +27,9 @@ performance.py is made of the modules of this package:
   LangChain's SQLAlchemyCache and SQLAlchemyMd5Cache.
 - The scenarios, one module each: latency, throughput, round_trips, growth, memory,
   components (the parts of a hit, timed one by one) and profiling.
-- internals: the one module that reaches SQLCache's private names (the key of an entry, its
-  engines, the wrappers a lookup runs through); the others go through its functions.
+- Where a measurement needs more than the LangChain API (the key of an entry, the engines,
+  the wrappers a lookup runs through), it uses the cache's stated interface:
+  ``cache.settings`` and ``cache.store`` (see docs/architecture.md), never a private name.
 - tables and report: the Markdown tables, the targets, the report and its plot.
 
 A script run by path has bench/ itself on sys.path, not the repository's root: a script that

@@ -12,42 +12,34 @@ from typing import Any
 
 from bench.backends import Backend
 from bench.floors import async_floor, sync_floor
-from bench.internals import (
-    async_runner,
-    key_hasher,
-    ready_async_engines,
-    ready_engines,
-    runner,
-    unshielded_async_runner,
-)
 from bench.latency import _rotated
 from bench.plan import FLOOR, HOT_NS, LLM, PROMPT_SIZES, Plan
 from bench.results import BackendResult, Stats
 from bench.workload import _ns, answer, now_utc, prompt_of
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.codec import decode_generations
+from langchain_sqlcache.fastpath import DriverQuery, driver_query, fetch_on, lookup_rows
 from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
-from langchain_sqlcache.statements import DriverQuery, driver_query, fetch_on, lookup_rows
 
 LOOKUP, HASH, CHECKOUT, HELD, READ, DECODE = (
     "SQLCache.lookup, whole",
     "key hash (codec.entry_key)",
     "pool checkout and return, nothing run (raw_connection, close)",
     "lookup statement on a held DBAPI connection (parameters, execute, fetch)",
-    "_run(lookup_rows): retry wrapper + checkout + statement + return",
+    "store.run(lookup_rows): retry wrapper + checkout + statement + return",
     "decode_generations (rows to ChatGeneration)",
 )
 ALOOKUP, AREAD, AUNSHIELDED, AHELD, AFLOOR = (
     "SQLCache.alookup, whole",
-    "_arun: ensure_future + shield + _arun_unshielded",
-    "_arun_unshielded: retry wrapper + greenlet + checkout + statement + return",
+    "store.arun: ensure_future + shield + arun_unshielded",
+    "store.arun_unshielded: retry wrapper + greenlet + checkout + statement + return",
     "lookup statement on a held connection, in a greenlet",
     "raw async driver, one connection",
 )
 
 
 def _held_lookup(connection: Any, query: DriverQuery, key_hash: str, now: datetime) -> list[Any]:
-    """The lookup statement on a checked-out DBAPI connection, as run_on_reader runs it."""
+    """The lookup statement on a checked-out DBAPI connection, as run_direct runs it."""
     return fetch_on(connection, query, query.parameters({"key_hash": key_hash, "now": now}))
 
 
@@ -57,10 +49,10 @@ def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
     for prompt in hot:
         cache.update(prompt, LLM, answer(1, 1))
-    hash_key, run = key_hasher(cache), runner(cache)
+    hash_key, run = cache.settings.key_hash, cache.store.run
     keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor_lookup, floor_close = sync_floor(backend)
-    engines = ready_engines(cache)
+    engines = cache.store.ready()
     reader = engines.reader
     query = driver_query("lookup", reader.dialect, engines.schema)
     now = now_utc()
@@ -96,12 +88,12 @@ def components(backend: Backend, plan: Plan, result: BackendResult) -> None:
 
 async def _async_components(backend: Backend, plan: Plan, hot: list[str]) -> dict[str, Stats]:
     cache = SQLCache(backend.url, namespace=HOT_NS, on_error="raise")
-    hash_key = key_hasher(cache)
-    arun, arun_unshielded = async_runner(cache), unshielded_async_runner(cache)
+    hash_key = cache.settings.key_hash
+    arun, arun_unshielded = cache.store.arun, cache.store.arun_unshielded
     keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor = await async_floor(backend, 1)
     await cache.alookup(hot[0], LLM)  # this loop's pool
-    engines = await ready_async_engines(cache)
+    engines = await cache.store.aready()
     reader = engines.reader
     query = driver_query("lookup", reader.dialect, engines.schema)
     now = now_utc()

@@ -11,7 +11,6 @@ from sqlalchemy import Engine, create_engine, insert, text
 
 from bench.backends import Backend
 from bench.floors import sync_floor
-from bench.internals import key_hasher
 from bench.plan import FILL_BATCH, GROWTH_NS, ID_BASE, LLM, PROBE_NS, PROMPT_SIZES, Plan
 from bench.results import BackendResult, GrowthRow, Stats
 from bench.workload import _ns, answer, filler_generations, filler_prompt, log, now_utc, prompt_of
@@ -130,7 +129,7 @@ def _growth_row(
     warmup = min(plan.warmup, lookups)
     ours: list[int] = []
     theirs: list[int] = []
-    hash_key = key_hasher(cache)
+    hash_key = cache.settings.key_hash
     for n in range(warmup + lookups):
         prompt = prompts[n % len(prompts)]
         key_hash = hash_key(prompt, LLM)

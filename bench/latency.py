@@ -11,7 +11,6 @@ from langchain_core.outputs import Generation
 
 from bench.backends import Backend
 from bench.floors import sync_floor
-from bench.internals import key_hasher
 from bench.peers import langchain_caches
 from bench.plan import FLOOR, HOT_NS, LLM, PROMPT_SIZES, SQLCACHE, Plan
 from bench.results import BackendResult, Stats
@@ -25,7 +24,7 @@ def sync_latency(backend: Backend, plan: Plan, result: BackendResult) -> None:
     peers = langchain_caches(backend, result)
     floor_lookup, floor_close = sync_floor(backend)
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
-    hash_key = key_hasher(cache)
+    hash_key = cache.settings.key_hash
     keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     value = answer(1, 1)
     for prompt in hot:

@@ -17,19 +17,19 @@ from langchain_sqlcache import SQLCache
 # Inclusive time of these frames (function name, a piece of its file path), nested ones once.
 SYNC_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
     "key hashing (entry_key)": (("entry_key", "codec"),),
-    "the statement on a pooled connection (run_on_reader)": (
-        ("run_on_reader", "langchain_sqlcache/statements"),
+    "the statement on a pooled connection (run_direct)": (
+        ("run_direct", "langchain_sqlcache/fastpath"),
     ),
     "of which pool checkout and return": (
         ("raw_connection", "sqlalchemy/engine/base"),
         ("close", "sqlalchemy/pool/base"),
     ),
-    "of which parameters (bind processors)": (("parameters", "langchain_sqlcache/statements"),),
+    "of which parameters (bind processors)": (("parameters", "langchain_sqlcache/fastpath"),),
     "decoding (decode_generations)": (("decode_generations", "codec"),),
 }
 ASYNC_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
     **SYNC_STEPS,
-    "ensure_future + shield (_arun)": (("shield", "asyncio"), ("ensure_future", "asyncio")),
+    "ensure_future + shield (store.arun)": (("shield", "asyncio"), ("ensure_future", "asyncio")),
     "greenlet hand-off (greenlet_spawn, await_)": (
         ("greenlet_spawn", "sqlalchemy"),
         ("await_", "sqlalchemy"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 from tests.wire import SQLiteTrace, WireTap
 
 from bench.backends import Backend
-from bench.internals import sync_engines
 from bench.plan import LLM, ROUND_TRIP_GENERATIONS, TRIPS_NS
 from bench.results import BackendResult, Trips
 from bench.workload import answer
@@ -27,7 +26,7 @@ def update_round_trips(backend: Backend, result: BackendResult) -> None:
     cache = SQLCache(
         tap.url if tap else backend.url, namespace=TRIPS_NS, on_error="raise", prune_every=None
     )
-    engines = sync_engines(cache)
+    engines = cache.store.engines
     trace = SQLiteTrace(*engines.owned) if engines and not tap else None
     try:
         # Drivers prepare a statement on its first use (asyncpg) or fifth (psycopg).

@@ -154,10 +154,10 @@ def components_table(result: BackendResult) -> str:
             "= the compiled statement's cost over the raw driver (held - raw)": (
                 p50[HELD] - p50[FLOOR]
             ),
-            "= retry wrapper and engine checks (_run - checkout - statement)": (
+            "= retry wrapper and engine checks (store.run - checkout - statement)": (
                 p50[READ] - p50[CHECKOUT] - p50[HELD]
             ),
-            "= the rest of lookup (lookup - _run - decode - hash)": (
+            "= the rest of lookup (lookup - store.run - decode - hash)": (
                 p50[LOOKUP] - p50[READ] - p50[DECODE] - p50[HASH]
             ),
         }
@@ -166,9 +166,10 @@ def components_table(result: BackendResult) -> str:
     if asyn:
         p50 = {name: stats.p50 for name, stats in asyn.items()}
         derived = {
-            "= key hash + decode (alookup - _arun)": p50[ALOOKUP] - p50[AREAD],
-            "= ensure_future + shield (_arun - _arun_unshielded)": p50[AREAD] - p50[AUNSHIELDED],
-            "= retry wrapper + checkout + return (_arun_unshielded - held)": (
+            "= key hash + decode (alookup - store.arun)": p50[ALOOKUP] - p50[AREAD],
+            "= ensure_future + shield (store.arun - arun_unshielded)": p50[AREAD]
+            - p50[AUNSHIELDED],
+            "= retry wrapper + checkout + return (arun_unshielded - held)": (
                 p50[AUNSHIELDED] - p50[AHELD]
             ),
             "= greenlet + SQLAlchemy's adapter over the raw driver (held - raw)": (

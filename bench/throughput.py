@@ -10,7 +10,6 @@ from typing import Any
 
 from bench.backends import Backend
 from bench.floors import async_floor
-from bench.internals import async_engines, key_hasher
 from bench.peers import langchain_caches
 from bench.plan import (
     CONCURRENCY,
@@ -51,7 +50,7 @@ async def _async_throughput(
         )
     )
     hot = [prompt_of(f"hot {i}", PROMPT_SIZES["200 B"]) for i in range(plan.hot_keys)]
-    hash_key = key_hasher(cache)
+    hash_key = cache.settings.key_hash
     keys = {prompt: hash_key(prompt, LLM) for prompt in hot}
     floor = await async_floor(backend, POOL_CAPACITY)
     peers = {
@@ -87,7 +86,7 @@ async def _async_throughput(
 
 def _pool_of(cache: SQLCache) -> str:
     """The pool settings of the async engine a cache built."""
-    engines = async_engines(cache)
+    engines = cache.store.async_engines
     pool: Any = engines.reader.sync_engine.pool if engines is not None else None
     size = pool.size() if hasattr(pool, "size") else "?"
     return f"pool_size={size}, max_overflow={getattr(pool, '_max_overflow', '?')}"
