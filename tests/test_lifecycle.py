@@ -12,10 +12,10 @@ from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 from sqlalchemy import Engine, select, update
 
-from langchain_sqlcache import ConfigurationError, SQLCache
+from langchain_sqlcache import ConfigurationError, SQLCache, hits
 from langchain_sqlcache.codec import entry_key, model_of
 from langchain_sqlcache.fastpath import driver_query
-from langchain_sqlcache.hits import MAX_PENDING_KEYS, HitBuffer
+from langchain_sqlcache.hits import MAX_PENDING_KEYS
 from langchain_sqlcache.models import entry_table, generation_table
 from tests.conftest import Backend, sync_engine, unique_namespace
 from tests.helpers import get, put, wipe
@@ -403,16 +403,19 @@ def traffic(cache: SQLCache) -> StatementLog:
     return StatementLog(*engines)
 
 
-def patient_hits(cache: SQLCache) -> None:
-    """Flush hits only on the key limit or on demand, never on time mid-test."""
-    cache._hits = HitBuffer(max_seconds=3600)
+def patient_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches made after this flush hits only on the key limit or on demand, never on time."""
+    monkeypatch.setattr(hits, "MAX_PENDING_SECONDS", 3600.0)
 
 
 async def test_hits_send_only_selects_until_stats_writes_one_update_per_key(
-    backend: Backend, make_cache: Callable[..., SQLCache], family: str
+    backend: Backend,
+    make_cache: Callable[..., SQLCache],
+    family: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    patient_hits(monkeypatch)
     cache = make_cache(record_hits=True)
-    patient_hits(cache)
     reads = {"a": 5, "b": 3, "c": 1}
     for prompt in reads:
         await put(cache, family, prompt, LLM, VALUE)
@@ -436,11 +439,11 @@ async def test_hits_send_only_selects_until_stats_writes_one_update_per_key(
 
 
 async def test_hits_flush_when_distinct_keys_reach_the_limit(
-    backend: Backend, make_cache: Callable[..., SQLCache]
+    backend: Backend, make_cache: Callable[..., SQLCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert MAX_PENDING_KEYS == 256  # the figure README.md and docs/lifecycle.md give
+    patient_hits(monkeypatch)
     cache = make_cache(record_hits=True, prune_every=None)
-    patient_hits(cache)
     prompts = [f"p{i}" for i in range(MAX_PENDING_KEYS + 1)]
     for prompt in prompts:
         cache.update(prompt, LLM, VALUE)

@@ -15,9 +15,8 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration
 
-from langchain_sqlcache import SQLCache
+from langchain_sqlcache import SQLCache, hits
 from langchain_sqlcache.backends.sqlite import ROWS_PER_INSERT as SQLITE_ROWS_PER_INSERT
-from langchain_sqlcache.hits import HitBuffer
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 from tests.wire import SQLiteTrace, WireTap
@@ -61,10 +60,19 @@ class Meter:
 
 
 @pytest.fixture
-async def metered(backend: Backend) -> AsyncIterator[tuple[SQLCache, Meter]]:
-    """A cache whose traffic is counted: through a proxy on servers, traced on SQLite."""
+async def metered(
+    backend: Backend, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[SQLCache, Meter]]:
+    """A cache whose traffic is counted: through a proxy on servers, traced on SQLite.
+
+    Parametrized indirectly with True, the cache records hits, flushing them only on the
+    key limit or on demand, never on time mid-test.
+    """
+    record_hits = bool(getattr(request, "param", False))
+    monkeypatch.setattr(hits, "MAX_PENDING_SECONDS", 3600.0)
+    options: dict[str, Any] = {"prune_every": None, "record_hits": record_hits}
     if backend.name == "sqlite":
-        cache = SQLCache(backend.url, namespace=unique_namespace(), prune_every=None)
+        cache = SQLCache(backend.url, namespace=unique_namespace(), **options)
         assert cache.store.engines is not None
         assert cache.store.async_engines is not None
         engines = [
@@ -75,7 +83,7 @@ async def metered(backend: Backend) -> AsyncIterator[tuple[SQLCache, Meter]]:
         yield cache, meter
     else:
         tap = WireTap(backend.url)
-        cache = SQLCache(tap.url, namespace=unique_namespace(), prune_every=None)
+        cache = SQLCache(tap.url, namespace=unique_namespace(), **options)
         yield cache, Meter(tap=tap)
         await cache.aclear()
         await cache.aclose()
@@ -90,13 +98,13 @@ async def metered(backend: Backend) -> AsyncIterator[tuple[SQLCache, Meter]]:
 WARM_UP = 6
 
 
-@pytest.mark.parametrize("record_hits", [False, True])
+@pytest.mark.parametrize(
+    "metered", [False, True], ids=["record_hits=False", "record_hits=True"], indirect=True
+)
 async def test_a_lookup_is_one_round_trip(
-    backend: Backend, metered: tuple[SQLCache, Meter], family: str, record_hits: bool
+    backend: Backend, metered: tuple[SQLCache, Meter], family: str
 ) -> None:
     cache, meter = metered
-    if record_hits:  # as record_hits=True does, but never flushing on time mid-test
-        cache._hits = HitBuffer(max_seconds=3600)
     await put(cache, family, "warm", LLM, answer(1))  # schema check, pools filled
     for prompt in ("missing", "warm") * WARM_UP:
         await get(cache, family, prompt, LLM)

@@ -18,14 +18,17 @@ MAX_PENDING_SECONDS = 1.0
 class HitBuffer:
     """Hits not yet written, per entry key; thread-safe."""
 
-    def __init__(
-        self, max_keys: int = MAX_PENDING_KEYS, max_seconds: float = MAX_PENDING_SECONDS
-    ) -> None:
+    def __init__(self, max_keys: int | None = None, max_seconds: float | None = None) -> None:
+        """Flush at ``max_keys`` keys or ``max_seconds`` after the oldest pending hit.
+
+        None: the module's MAX_PENDING_KEYS and MAX_PENDING_SECONDS as they are when the
+        buffer is made.
+        """
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}
         self._oldest: float | None = None
-        self._max_keys = max_keys
-        self._max_seconds = max_seconds
+        self._max_keys = MAX_PENDING_KEYS if max_keys is None else max_keys
+        self._max_seconds = MAX_PENDING_SECONDS if max_seconds is None else max_seconds
 
     def add(self, key_hash: str, at: datetime) -> list[dict[str, Any]]:
         """Count a hit; return a batch to write when one is due (else an empty list)."""
