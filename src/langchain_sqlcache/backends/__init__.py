@@ -16,10 +16,12 @@ import functools
 import importlib
 from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import URL
+
 from langchain_sqlcache.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL, Dialect
+    from sqlalchemy.engine import Dialect
 
     from langchain_sqlcache.backends.base import Backend
 
@@ -40,12 +42,10 @@ def backend_for(which: str | Dialect | URL) -> Backend:
 
     """
     if isinstance(which, str):
-        name = which
-    elif hasattr(which, "get_backend_name"):
-        name = which.get_backend_name()
-    else:
-        name = which.name
-    return _backend_named(name)
+        return _backend_named(which)
+    if isinstance(which, URL):
+        return _backend_named(which.get_backend_name())
+    return _backend_named(which.name)  # a Dialect: the hot path's (an update asks once)
 
 
 @functools.cache
