@@ -25,9 +25,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from langchain_sqlcache.backends import backend_for
-
-# Only a server that caps its packets has a limit to check lines against: MySQL's.
-from langchain_sqlcache.backends.mysql import PACKET_OVERHEAD, check_value_size
+from langchain_sqlcache.backends.base import Backend
 from langchain_sqlcache.codec import (
     encode_entry,
     escape_json,
@@ -177,11 +175,12 @@ def import_lines(
             on_skip(number, reason)
 
     writer = cache.store.ready().writer
-    limit = backend_for(writer.dialect).packet_limit(writer)
+    backend = backend_for(writer.dialect)
+    limit = backend.packet_limit(writer)  # None but where the server caps packets (MySQL)
     pending: dict[str, Pending] = {}
     for number, line in enumerate(lines, start=1):
         try:
-            value = _value_of(line, cache, keep_namespaces, limit)
+            value = _value_of(line, cache, keep_namespaces, backend, limit)
         except Exception as exc:  # noqa: BLE001 - any bad line is reported, then skipped
             skip(number, _reason(exc))
             continue
@@ -263,7 +262,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _value_of(
-    line: bytes | str, cache: SQLCache, keep_namespaces: bool, limit: int | None
+    line: bytes | str, cache: SQLCache, keep_namespaces: bool, backend: Backend, limit: int | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """The rows of one line, checked; None for a blank line."""
     size = len(line) if isinstance(line, bytes) else utf8_size(line)
@@ -281,8 +280,8 @@ def _value_of(
         msg = f"not JSON: {exc.msg} at column {exc.colno}"
         raise InvalidLine(msg) from None
     entry_row, generation_rows = _rows_of(record, cache, keep_namespaces)
-    if limit is not None and size * WIRE_BYTES_PER_LINE_BYTE + PACKET_OVERHEAD > limit:
-        check_value_size(entry_row, generation_rows, limit, one_packet=False)
+    if limit is not None and size * WIRE_BYTES_PER_LINE_BYTE + backend.packet_overhead > limit:
+        backend.check_value_size_within(limit, entry_row, generation_rows, one_packet=False)
     return entry_row, generation_rows
 
 

@@ -156,6 +156,8 @@ class Backend:
 
     packet_limited: ClassVar[bool] = False
     """The server caps the size of a packet, so a value is measured before it is sent."""
+    packet_overhead: ClassVar[int] = 0
+    """Bytes a statement adds around its values in a packet, with room to spare."""
 
     def check_value_size(
         self,
@@ -166,6 +168,16 @@ class Backend:
         one_packet: bool,
     ) -> None:
         """Refuse, before sending, a value larger than the server takes in a packet."""
+
+    def check_value_size_within(
+        self,
+        limit: int,
+        entry_row: dict[str, Any],
+        generation_rows: Sequence[dict[str, Any]],
+        *,
+        one_packet: bool,
+    ) -> None:
+        """:meth:`check_value_size` against a limit read beforehand (see packet_limit)."""
 
     def packet_limit(self, engine: Engine) -> int | None:
         """The largest packet the server takes, where it caps them (None: no cap)."""

@@ -60,6 +60,7 @@ class MySQL(Backend):
     reader_mode_on_given_engine: ClassVar[ReaderMode] = "transaction"
     has_returning: ClassVar[bool] = False
     packet_limited: ClassVar[bool] = True
+    packet_overhead: ClassVar[int] = PACKET_OVERHEAD
 
     def driver_url(self, url: URL) -> URL:
         """utf8mb4: 4-byte characters (emoji) need it on the connection, not only in tables."""
@@ -191,6 +192,17 @@ class MySQL(Backend):
         check_value_size(
             entry_row, generation_rows, max_allowed_packet(connection), one_packet=one_packet
         )
+
+    def check_value_size_within(
+        self,
+        limit: int,
+        entry_row: dict[str, Any],
+        generation_rows: Sequence[dict[str, Any]],
+        *,
+        one_packet: bool,
+    ) -> None:
+        """Refuse a value larger than ``limit`` (max_allowed_packet, read beforehand)."""
+        check_value_size(entry_row, generation_rows, limit, one_packet=one_packet)
 
     def packet_limit(self, engine: Engine) -> int | None:
         """max_allowed_packet, read on a pooled connection."""
