@@ -9,7 +9,7 @@ The dialect's own forms (the upsert, the whole-value write) come from its backen
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Insert,
     Integer,
     Select,
+    Table,
     Update,
     bindparam,
     case,
@@ -236,6 +237,20 @@ def matching_page(which: FilterShape) -> Select[Any]:
 def matching_count(which: FilterShape) -> Select[Any]:
     """How many entries match."""
     return select(func.count()).select_from(entry).where(*which.conditions())
+
+
+def on_conflict_upsert(dialect_insert: Callable[[Table], Any], *, returning: bool) -> Insert:
+    """INSERT ... ON CONFLICT (key_hash) DO UPDATE (Postgres, SQLite), RETURNING the id.
+
+    ``dialect_insert`` is the dialect's ``insert`` (``postgresql.insert``, ``sqlite.insert``),
+    whose ``on_conflict_do_update`` both spell the same way.
+    """
+    upsert = dialect_insert(entry)
+    statement: Insert = upsert.on_conflict_do_update(
+        index_elements=[entry.c.key_hash],
+        set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
+    )
+    return statement.returning(entry.c.id) if returning else statement
 
 
 def insert_generations(generations: int, entry_id: ColumnElement[Any]) -> Insert:

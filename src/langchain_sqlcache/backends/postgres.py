@@ -19,10 +19,10 @@ from langchain_sqlcache.engines import Timeouts, milliseconds
 from langchain_sqlcache.migrations import LOCK_NAME
 from langchain_sqlcache.statements import (
     GENERATION_VALUE_COLUMNS,
-    REWRITTEN_ON_UPDATE,
     entry,
     entry_binds,
     generation,
+    on_conflict_upsert,
 )
 
 # pg_advisory_xact_lock takes a bigint: a stable number derived from the lock's name.
@@ -129,12 +129,7 @@ class Postgres(Backend):
 
     def upsert_entry(self, *, returning: bool = True) -> Insert:
         """INSERT ... ON CONFLICT (key_hash) DO UPDATE, RETURNING the entry's id."""
-        upsert = postgresql.insert(entry)
-        statement = upsert.on_conflict_do_update(
-            index_elements=[entry.c.key_hash],
-            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-        )
-        return statement.returning(entry.c.id) if returning else statement
+        return on_conflict_upsert(postgresql.insert, returning=returning)
 
     def as_text(self, column: ColumnElement[Any]) -> ColumnElement[str]:
         """Cast: Postgres drivers parse json themselves unless it comes as text."""

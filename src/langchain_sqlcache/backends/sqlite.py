@@ -18,11 +18,11 @@ from langchain_sqlcache.backends.base import Backend
 from langchain_sqlcache.engines import Timeouts
 from langchain_sqlcache.errors import ConfigurationError
 from langchain_sqlcache.statements import (
-    REWRITTEN_ON_UPDATE,
     entry,
     entry_binds,
     generation,
     insert_generations,
+    on_conflict_upsert,
 )
 
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -69,12 +69,7 @@ class SQLite(Backend):
 
     def upsert_entry(self, *, returning: bool = True) -> Insert:
         """INSERT ... ON CONFLICT (key_hash) DO UPDATE, RETURNING the entry's id."""
-        upsert = sqlite.insert(entry)
-        statement = upsert.on_conflict_do_update(
-            index_elements=[entry.c.key_hash],
-            set_={name: upsert.excluded[name] for name in REWRITTEN_ON_UPDATE},
-        )
-        return statement.returning(entry.c.id) if returning else statement
+        return on_conflict_upsert(sqlite.insert, returning=returning)
 
     def as_text(self, column: ColumnElement[Any]) -> ColumnElement[str]:
         """JSON is text already."""
