@@ -18,7 +18,6 @@ from langchain_sqlcache import ConfigurationError, MissingEngineError, SchemaErr
 from langchain_sqlcache.engines import (
     DEFAULT_URL,
     URL_ENV_VAR,
-    Timeouts,
     async_deadline,
     driver_urls,
     engine_defaults,
@@ -26,6 +25,7 @@ from langchain_sqlcache.engines import (
     timeout_args,
     with_defaults,
 )
+from langchain_sqlcache.timeouts import Timeouts
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
 

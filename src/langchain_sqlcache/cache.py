@@ -19,11 +19,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langchain_sqlcache.codec import decode_generations
-from langchain_sqlcache.engines import (
-    DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
-    Timeouts,
-)
 from langchain_sqlcache.entries import delete_value, record_hits, stats_rows
 from langchain_sqlcache.failsafe import Failsafe, FailureLog
 from langchain_sqlcache.fastpath import lookup_rows, store_value
@@ -43,6 +38,11 @@ from langchain_sqlcache.settings import (
     utc_now,
 )
 from langchain_sqlcache.store import Store
+from langchain_sqlcache.timeouts import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_STATEMENT_TIMEOUT_SECONDS,
+    Timeouts,
+)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from langchain_sqlcache.engines import (
     EnginePair,
-    Timeouts,
     async_deadline,
     build_pair,
     driver_urls,
@@ -45,6 +44,7 @@ from langchain_sqlcache.failsafe import CircuitBreaker, FailureLog, kind_of, ope
 from langchain_sqlcache.migrations import ensure_schema
 from langchain_sqlcache.settings import Settings
 from langchain_sqlcache.sqlalchemy_internals import greenlet_spawn
+from langchain_sqlcache.timeouts import Timeouts
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql import ClauseElement
     from sqlalchemy.types import TypeEngine
 
-    from langchain_sqlcache.engines import Timeouts
+    from langchain_sqlcache.timeouts import Timeouts
 
 ReaderMode = Literal["autocommit", "switch", "transaction"]
 """How a statement sent straight to the reader's pooled connection runs.

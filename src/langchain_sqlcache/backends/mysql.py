@@ -19,7 +19,6 @@ from sqlalchemy.types import TypeEngine
 
 from langchain_sqlcache.backends.base import Backend, ReaderMode
 from langchain_sqlcache.codec import utf8_size
-from langchain_sqlcache.engines import Timeouts
 from langchain_sqlcache.errors import SchemaError, ValueTooLargeError
 from langchain_sqlcache.migrations import LOCK_NAME
 from langchain_sqlcache.statements import (
@@ -29,6 +28,7 @@ from langchain_sqlcache.statements import (
     generation,
     insert_generations,
 )
+from langchain_sqlcache.timeouts import Timeouts
 
 
 class CLIENT:

@@ -15,7 +15,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql import ClauseElement, ColumnElement, select
 
 from langchain_sqlcache.backends.base import Backend
-from langchain_sqlcache.engines import Timeouts, milliseconds
 from langchain_sqlcache.migrations import LOCK_NAME
 from langchain_sqlcache.statements import (
     GENERATION_VALUE_COLUMNS,
@@ -24,6 +23,7 @@ from langchain_sqlcache.statements import (
     generation,
     on_conflict_upsert,
 )
+from langchain_sqlcache.timeouts import Timeouts, milliseconds
 
 # pg_advisory_xact_lock takes a bigint: a stable number derived from the lock's name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)

@@ -15,7 +15,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import ClauseElement, ColumnElement
 
 from langchain_sqlcache.backends.base import Backend
-from langchain_sqlcache.engines import Timeouts
 from langchain_sqlcache.errors import ConfigurationError
 from langchain_sqlcache.statements import (
     entry,
@@ -24,6 +23,7 @@ from langchain_sqlcache.statements import (
     insert_generations,
     on_conflict_upsert,
 )
+from langchain_sqlcache.timeouts import Timeouts
 
 BUSY_TIMEOUT_SECONDS = 30.0
 WAL_RETRY_SECONDS = 0.01
