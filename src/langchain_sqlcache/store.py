@@ -247,20 +247,17 @@ class Store:
 
         Failures that another attempt may get through at once (a lost pooled connection, a
         deadlock, a failover) are retried with jittered backoff; the circuit breaker learns
-        how the operation ended.
+        how the operation ended (see _Attempts).
         """
-        probe = self.breaker.admit()
-        for attempt in range(1, ATTEMPTS + 1):
+        attempts = _Attempts(self.breaker)
+        while True:
             try:
                 result = work(self.ready(), *args, **kwargs)
-            except BaseException as exc:
-                if not _retry(self.breaker, probe, exc, attempt):
-                    raise
+            except BaseException as exc:  # noqa: BLE001 - failed() re-raises what is not retried
+                time.sleep(attempts.failed(exc))
             else:
-                self.breaker.settle(probe, None)
+                attempts.succeeded()
                 return result
-            time.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def arun(
         self,
@@ -289,8 +286,8 @@ class Store:
         **kwargs: P.kwargs,
     ) -> T:
         """:meth:`arun` without the shield: the retries and the breaker around one attempt."""
-        probe = self.async_breaker.admit()
-        for attempt in range(1, ATTEMPTS + 1):
+        attempts = _Attempts(self.async_breaker)
+        while True:
             try:
                 engines = await self.aready()
                 # One hand-off to SQLAlchemy's greenlet for the checkout, the statements and
@@ -300,14 +297,11 @@ class Store:
                     self.async_deadline,
                     greenlet_spawn(work, engines.sync, *args, _require_await=False, **kwargs),
                 )
-            except BaseException as exc:
-                if not _retry(self.async_breaker, probe, exc, attempt):
-                    raise
+            except BaseException as exc:  # noqa: BLE001 - failed() re-raises what is not retried
+                await asyncio.sleep(attempts.failed(exc))
             else:
-                self.async_breaker.settle(probe, None)
+                attempts.succeeded()
                 return result
-            await asyncio.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _within(self, deadline: float | None, operation: Awaitable[T]) -> T:
         """Await ``operation``, giving up after ``deadline`` seconds (None: no bound).
@@ -414,12 +408,33 @@ def _check_schema(engines: EnginePair[Engine], settings: Settings) -> None:
             raise SchemaError(msg) from exc
 
 
-def _retry(breaker: CircuitBreaker, probe: bool, exc: BaseException, attempt: int) -> bool:
-    """Whether to try an operation again after ``exc``; if not, tell the breaker."""
-    if attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc):
-        return True
-    breaker.settle(probe, exc)
-    return False
+class _Attempts:
+    """The attempts of one operation: the retry policy, written once for sync and async.
+
+    The breaker admits the operation (or raises CircuitOpenError at once) and learns how it
+    ended. Failures that another attempt may get through at once (a lost pooled connection,
+    a deadlock, a failover) are retried, ATTEMPTS in all, after a jittered backoff.
+    """
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self.probe = breaker.admit()
+        self.attempt = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """The pause before the next attempt; re-raises ``exc`` when there is none.
+
+        Called from the caller's ``except`` block, whose exception a bare raise re-raises.
+        """
+        self.attempt += 1
+        if self.attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc):
+            return _backoff(self.attempt)
+        self.breaker.settle(self.probe, exc)
+        raise  # the caller's exception, being handled
+
+    def succeeded(self) -> None:
+        """Tell the breaker the operation went through."""
+        self.breaker.settle(self.probe, None)
 
 
 def _breakers(
