@@ -533,26 +533,34 @@ async def test_stats_reads_only_its_covering_index(
     query = driver_query("stats_by_model", engine.dialect, None)
     values = {"namespace": cache.namespace, "now": datetime.now(timezone.utc)}
     explain = "EXPLAIN QUERY PLAN " if backend.name == "sqlite" else "EXPLAIN "
-    connection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
-        if backend.name == "postgresql":
-            cursor.execute("SET enable_seqscan = off")
-            cursor.execute("SET enable_bitmapscan = off")
-            # Nor a plain index scan, which reads the rows too: an index-only scan is costed
-            # by the visibility map, so right after the suite's writes the planner sometimes
-            # preferred one on another index. Only a covering index can answer now.
-            cursor.execute("SET enable_indexscan = off")
-        cursor.execute(explain + query.sql, query.parameters(values))
-        plan = " ".join(str(row) for row in cursor.fetchall())
-        cursor.close()
-        connection.rollback()
-    finally:
-        connection.invalidate()  # its session settings go with it
-    assert "ix_llm_cache_entry_stats" in plan, plan
     covering = {
         "sqlite": "COVERING INDEX",
         "postgresql": "Index Only Scan",
         "mysql": "Using index",
     }[backend.name]
+
+    def plan_of_stats() -> str:
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            if backend.name == "postgresql":
+                cursor.execute("SET enable_seqscan = off")
+                cursor.execute("SET enable_bitmapscan = off")
+            cursor.execute(explain + query.sql, query.parameters(values))
+            plan = " ".join(str(row) for row in cursor.fetchall())
+            cursor.close()
+            connection.rollback()
+        finally:
+            connection.invalidate()  # its session settings go with it
+        return plan
+
+    plan = plan_of_stats()
+    if backend.name == "postgresql" and covering not in plan:
+        # An index-only scan is costed by the visibility map: right after the suite's many
+        # writes (before autovacuum has run) the planner once preferred a plain index scan
+        # of another index. VACUUM sets the map, and the plan is asked for again.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit:
+            autocommit.exec_driver_sql("VACUUM llm_cache_entry")
+        plan = plan_of_stats()
+    assert "ix_llm_cache_entry_stats" in plan, plan
     assert covering in plan, plan
