@@ -55,12 +55,14 @@ class WireTap:
 
     def close(self) -> None:
         """Drop every connection and refuse new ones: the server seems gone."""
-        self._closed = True
+        with self._lock:  # a connection being accepted now is dropped too (see _accept)
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
         # A thread blocked in accept() keeps accepting on a closed socket: shut it down.
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        for sock in self._sockets:
+        for sock in sockets:
             with contextlib.suppress(OSError):
                 # Reset rather than close politely: no socket lingers on the port in
                 # FIN-WAIT (which would keep reopen() from binding it), and the driver
@@ -68,7 +70,6 @@ class WireTap:
                 # blocked in recv(), which then closes the socket.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.shutdown(socket.SHUT_RD)
-        self._sockets.clear()
 
     def reopen(self) -> None:
         """Accept connections again, on the same port: the server is back."""
@@ -99,7 +100,15 @@ class WireTap:
             server = socket.create_connection(self._upstream)
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sockets += [client, server]
+            with self._lock:
+                if self._closed:  # close() ran while this one was being connected
+                    for sock in (client, server):
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        sock.close()
+                    return
+                self._sockets += [client, server]
             state = {"server_spoke": True}
             threading.Thread(
                 target=self._pump, args=(client, server, state, True), daemon=True
