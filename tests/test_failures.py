@@ -247,7 +247,9 @@ def test_transient_errors_are_recognised() -> None:
         return OperationalError("SELECT 1", {}, orig)
 
     assert is_transient(wrapped(Driver("deadlock", sqlstate="40P01")))
-    assert is_transient(wrapped(Driver("read-only", sqlstate="25006")))
+    # A replica's refusal is not transient: tried once more on a new connection, no more.
+    assert not is_transient(wrapped(Driver("read-only", sqlstate="25006")))
+    assert not is_transient(wrapped(Driver(1290, "running with the --read-only option")))
     assert is_transient(wrapped(Driver("admin shutdown", sqlstate="57P01")))
     assert is_transient(wrapped(Driver("conn", sqlstate="08006")))
     assert is_transient(wrapped(Driver(1213, "Deadlock found")))

@@ -17,6 +17,7 @@ def test_all_is_pinned() -> None:
         "DatabaseRefusedError",
         "MissingEngineError",
         "ModelStats",
+        "ReadOnlyDatabaseError",
         "SQLCache",
         "SQLCacheError",
         "SchemaError",

@@ -13,7 +13,7 @@ from sqlalchemy import event, text
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.cli import EXIT_ERROR, main
 from langchain_sqlcache.codec import KEY_FORMAT_VERSION, entry_key
-from langchain_sqlcache.errors import IdentifierError, ValueTooLargeError
+from langchain_sqlcache.errors import IdentifierError, ReadOnlyDatabaseError, ValueTooLargeError
 from tests.conftest import Backend, cli_runner, sync_engine, unique_namespace
 
 LLM = "security-llm"
@@ -144,3 +144,75 @@ def test_a_connection_turned_read_only_is_replaced(backend: Backend) -> None:
     assert cache.stats().failures == 0
     cache.clear()
     cache.close()
+
+
+# What makes every session of a connection read-only, as on a standby or a read-only server.
+READ_ONLY_SESSION = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("family", ["sync", "async"])
+async def test_a_write_to_a_read_only_server_fails_fast_once(backend: Backend, family: str) -> None:
+    """Pointed at a read-only server, an update is tried on one new connection, then fails.
+
+    Not four attempts with a reconnect each: the error says the server is read-only, the
+    breaker stays closed (lookups still work), and under "warn" it is counted as read_only.
+    """
+    namespace = unique_namespace()
+    SQLCache(backend.url, namespace=namespace).update("p", LLM, VALUE)
+    opened: list[int] = []
+    caches = {
+        policy: SQLCache(backend.url, namespace=namespace, on_error=policy)  # type: ignore[arg-type]
+        for policy in ("warn", "raise")
+    }
+    for cache in caches.values():
+        pairs = [cache.store.engines] if family == "sync" else [await cache.store.aready()]
+        for pair in pairs:
+            assert pair is not None
+            for engine in {pair.reader, pair.writer}:
+                target = engine.sync_engine if hasattr(engine, "sync_engine") else engine
+
+                def read_only(dbapi_connection: Any, _record: Any) -> None:
+                    opened.append(1)
+                    cursor = dbapi_connection.cursor()
+                    try:
+                        cursor.execute(READ_ONLY_SESSION[backend.name])
+                    finally:
+                        cursor.close()
+
+                event.listen(target, "connect", read_only)
+    try:
+        for cache in caches.values():
+            if family == "sync":
+                assert cache.lookup("p", LLM) == VALUE
+            else:
+                assert await cache.alookup("p", LLM) == VALUE
+        before = len(opened)
+        warn, strict = caches["warn"], caches["raise"]
+        if family == "sync":
+            warn.update("q", LLM, VALUE)
+            with pytest.raises(ReadOnlyDatabaseError, match="read-only"):
+                strict.update("q", LLM, VALUE)
+        else:
+            await warn.aupdate("q", LLM, VALUE)
+            with pytest.raises(ReadOnlyDatabaseError, match="read-only"):
+                await strict.aupdate("q", LLM, VALUE)
+        # One new connection per update (the one that met the refusal was replaced), not three.
+        assert len(opened) - before <= 2
+        assert warn.stats().failures_by_kind == {"read_only": 1}
+        for cache in caches.values():
+            assert cache.store.breaker.state == "closed"
+            assert cache.store.async_breaker.state == "closed"
+            if family == "sync":
+                assert cache.lookup("p", LLM) == VALUE
+            else:
+                assert await cache.alookup("p", LLM) == VALUE
+    finally:
+        for cache in caches.values():
+            await cache.aclose()
+        cleaner = SQLCache(backend.url, namespace=namespace)
+        cleaner.clear()
+        cleaner.close()

@@ -86,16 +86,27 @@ class DatabaseRefusedError(SQLCacheError):
     """
 
 
+class ReadOnlyDatabaseError(DatabaseRefusedError):
+    """A write reached a read-only server: a hot standby, or MySQL in read-only mode.
+
+    Raised under ``on_error="raise"`` after one more try on a new connection (a pooled one
+    may predate a failover); counted as ``"read_only"`` under ``"warn"``. Writes go to the
+    URL the cache was given: read-only servers belong in ``replicas=[...]``.
+    """
+
+
 # Transient failures: a retry, a new connection or a little patience fixes them. SQLSTATE
 # classes 08 (connection), 57P0x (shutdown), 40001/40P01 (serialization, deadlock), 55P03
-# (lock not available), 25006 (read-only transaction: a standby after failover), 53300 (too
-# many connections); MySQL's lock wait/deadlock, lost or refused connections, read-only mode.
-TRANSIENT_SQLSTATES = frozenset(
-    {"40001", "40P01", "55P03", "25006", "53300", "57P01", "57P02", "57P03"}
-)
-TRANSIENT_MYSQL_CODES = frozenset(
-    {1040, 1053, 1205, 1213, 1290, 1792, 1836, 2002, 2003, 2006, 2013, 2055}
-)
+# (lock not available), 53300 (too many connections); MySQL's lock wait, deadlock (a Galera
+# certification conflict is reported as one), lost or refused connections.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
+TRANSIENT_MYSQL_CODES = frozenset({1040, 1053, 1205, 1213, 1836, 2002, 2003, 2006, 2013, 2055})
+# A write refused by a read-only server: SQLSTATE 25006 (a Postgres hot standby), MySQL's
+# 1290 (running with --read-only) and 1792 (a READ ONLY transaction). Not transient: a pool's
+# connection may predate a failover and is tried once more on a new one (failsafe.retryable),
+# but a server that is a replica stays one.
+READ_ONLY_SQLSTATES = frozenset({"25006"})
+READ_ONLY_MYSQL_CODES = frozenset({1290, 1792})
 TRANSIENT_SQLITE_MESSAGES = ("database is locked", "database is busy")
 
 
@@ -153,7 +164,7 @@ def _refused_reason(error: BaseException) -> str | None:
 
 def is_transient(exc: BaseException) -> bool:
     """Tell whether an error is a transient database failure (see TRANSIENT_SQLSTATES)."""
-    if configuration_error(exc) is not None:
+    if configuration_error(exc) is not None or is_read_only(exc):
         return False
     if isinstance(exc, (sa_exc.TimeoutError, ConnectionError, TimeoutError)):
         return True
@@ -177,6 +188,14 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(orig, (ConnectionError, OSError)) or (
         "connection" in message.lower()
         and (isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)))
+    )
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Tell whether a write was refused because the server is read-only (a replica)."""
+    return any(
+        _code_in(error, READ_ONLY_SQLSTATES, READ_ONLY_MYSQL_CODES)
+        for error in _chain(getattr(exc, "orig", None) or exc)
     )
 
 

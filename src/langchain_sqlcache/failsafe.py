@@ -21,6 +21,8 @@ back. The kinds, as counted in ``stats().failures_by_kind``:
 - ``"circuit_open"``: skipped, the server was found unavailable moments ago.
 - ``"refused"``: the database refused the statement with an error a retry would meet again
   (a value out of range, a JSON document it rejects, a constraint, a missing right).
+- ``"read_only"``: a write reached a read-only server (a hot standby, MySQL in read-only
+  mode); read-only servers belong in ``replicas=[...]``.
 - ``"too_large"``: a value over the server's packet size, refused before sending.
 - ``"unstorable"``: a value the cache cannot store and rebuild exactly.
 - ``"error"``: anything else (a defect: please report it).
@@ -44,10 +46,12 @@ from langchain_sqlcache.errors import (
     CircuitOpenError,
     ConfigurationError,
     DatabaseRefusedError,
+    ReadOnlyDatabaseError,
     SQLCacheError,
     UnstorableValueError,
     ValueTooLargeError,
     is_contention,
+    is_read_only,
     is_timeout,
     is_transient,
 )
@@ -57,7 +61,15 @@ logger = logging.getLogger("langchain_sqlcache")
 T = TypeVar("T")
 
 Kind = Literal[
-    "unavailable", "timeout", "busy", "circuit_open", "refused", "too_large", "unstorable", "error"
+    "unavailable",
+    "timeout",
+    "busy",
+    "circuit_open",
+    "refused",
+    "read_only",
+    "too_large",
+    "unstorable",
+    "error",
 ]
 OnError = Literal["warn", "raise"]
 
@@ -69,6 +81,9 @@ MAX_PROBE_DELAY_SECONDS = 2.0
 JITTER = 0.2  # +-20%, so that the caches of many processes do not probe in step
 LOG_INTERVAL_SECONDS = 60.0
 
+# Failures that are the server's answer: they close a breaker, never open one.
+ANSWERED = frozenset({"refused", "read_only"})
+
 # Set on an error raised while opening a connection (see Connecting).
 _CONNECTING = "_sqlcache_while_connecting"
 
@@ -79,6 +94,8 @@ def kind_of(exc: BaseException) -> Kind | None:
         return "circuit_open"
     if isinstance(exc, (ConfigurationError, TypeError)):
         return None
+    if isinstance(exc, ReadOnlyDatabaseError) or is_read_only(exc):
+        return "read_only"
     if isinstance(exc, ValueTooLargeError):
         return "too_large"
     if isinstance(exc, UnstorableValueError):
@@ -105,13 +122,17 @@ def says_unavailable(exc: BaseException) -> bool:
     return kind_of(exc) in ("unavailable", "timeout")
 
 
-def retryable(exc: BaseException) -> bool:
-    """Whether another attempt may get through at once.
+def retryable(exc: BaseException, attempt: int) -> bool:
+    """Whether another attempt may get through at once, after ``attempt`` attempts failed.
 
     A lost pooled connection (a restart, a failover) or a deadlock: yes. A connection that
     could not be opened, a timeout or a full pool: no, the next attempt would wait as long
-    again (four connect timeouts instead of one) for the same answer.
+    again (four connect timeouts instead of one) for the same answer. A write refused as
+    read-only: once, on a new connection (the pool replaced the one that met it, which may
+    have predated a failover); a server that is still read-only then is a replica.
     """
+    if is_read_only(exc):
+        return attempt == 1
     return (
         is_transient(exc)
         and not getattr(exc, _CONNECTING, False)
@@ -218,7 +239,7 @@ class CircuitBreaker:
 
     def settle(self, probe: bool, exc: BaseException | None) -> None:
         """Record how a call ended: None (it succeeded) or its error."""
-        if exc is None or isinstance(exc, ConfigurationError) or kind_of(exc) == "refused":
+        if exc is None or isinstance(exc, ConfigurationError) or kind_of(exc) in ANSWERED:
             # The server answered (a refusal, a wrong password are answers too).
             if self._open or probe:
                 self._close()
@@ -340,6 +361,12 @@ class Failsafe:
 
 def _raised_for(operation: str, kind: Kind, exc: Exception) -> SQLCacheError:
     detail = _first_line(getattr(exc, "orig", None) or exc)
+    if kind == "read_only":
+        return ReadOnlyDatabaseError(
+            f"{operation} failed, the database is read-only (a standby or a read-only "
+            f"server; writes go to the primary, read-only servers belong in replicas=[...]): "
+            f"{detail}"
+        )
     if kind == "refused":
         return DatabaseRefusedError(f"{operation} failed, the database refused it: {detail}")
     if kind == "error":

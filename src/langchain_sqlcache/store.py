@@ -427,7 +427,7 @@ class _Attempts:
         Called from the caller's ``except`` block, whose exception a bare raise re-raises.
         """
         self.attempt += 1
-        if self.attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc):
+        if self.attempt < ATTEMPTS and isinstance(exc, Exception) and retryable(exc, self.attempt):
             return _backoff(self.attempt)
         self.breaker.settle(self.probe, exc)
         raise  # the caller's exception, being handled

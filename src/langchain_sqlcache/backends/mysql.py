@@ -19,7 +19,7 @@ from sqlalchemy.types import TypeEngine
 
 from langchain_sqlcache.backends.base import Backend, ReaderMode
 from langchain_sqlcache.codec import utf8_size
-from langchain_sqlcache.errors import SchemaError, ValueTooLargeError
+from langchain_sqlcache.errors import SchemaError, ValueTooLargeError, is_read_only
 from langchain_sqlcache.migrations import LOCK_NAME
 from langchain_sqlcache.statements import (
     REWRITTEN_ON_UPDATE,
@@ -38,9 +38,6 @@ class CLIENT:
     MULTI_STATEMENTS = 1 << 16
 
 
-# MySQL's "running with the --read-only option" and "cannot execute statement in a READ ONLY
-# transaction".
-READ_ONLY_CODES = frozenset({1290, 1792})
 MIGRATION_LOCK_TIMEOUT_SECONDS = 300
 # Bytes a MySQL statement adds around its values, with room to spare.
 PACKET_OVERHEAD = 4096
@@ -129,8 +126,7 @@ class MySQL(Backend):
 
     def turned_read_only(self, error: BaseException) -> bool:
         """1290 (--read-only) or 1792 (a READ ONLY transaction)."""
-        args: tuple[Any, ...] = getattr(error, "args", ())
-        return len(args) > 0 and args[0] in READ_ONLY_CODES
+        return is_read_only(error)
 
     def upsert_entry(self, *, returning: bool = True) -> Insert:
         """INSERT ... ON DUPLICATE KEY UPDATE; the id comes back as lastrowid.

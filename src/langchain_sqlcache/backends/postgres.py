@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql import ClauseElement, ColumnElement, select
 
 from langchain_sqlcache.backends.base import Backend
+from langchain_sqlcache.errors import is_read_only
 from langchain_sqlcache.migrations import LOCK_NAME
 from langchain_sqlcache.statements import (
     GENERATION_VALUE_COLUMNS,
@@ -27,8 +28,6 @@ from langchain_sqlcache.timeouts import Timeouts, milliseconds
 
 # pg_advisory_xact_lock takes a bigint: a stable number derived from the lock's name.
 LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
-READ_ONLY_SQLSTATE = "25006"
-"""A write on a standby (read-only transaction), as after a failover."""
 
 
 class Postgres(Backend):
@@ -124,8 +123,7 @@ class Postgres(Backend):
 
     def turned_read_only(self, error: BaseException) -> bool:
         """SQLSTATE 25006: the connection reaches a standby."""
-        sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-        return sqlstate == READ_ONLY_SQLSTATE
+        return is_read_only(error)
 
     def upsert_entry(self, *, returning: bool = True) -> Insert:
         """INSERT ... ON CONFLICT (key_hash) DO UPDATE, RETURNING the entry's id."""
