@@ -21,6 +21,7 @@ def test_all_is_pinned() -> None:
         "SQLCache",
         "SQLCacheError",
         "SchemaError",
+        "Shard",
         "UnstorableValueError",
         "ValueTooLargeError",
         "__version__",
@@ -48,6 +49,9 @@ def test_constructor_signature() -> None:
         "connect_timeout",
         "statement_timeout",
         "pydantic_classes",
+        "replicas",
+        "shards",
+        "read_your_writes",
         "engine_kwargs",
     ]
     assert parameters["url"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -165,7 +165,7 @@ async def test_a_write_to_a_read_only_server_fails_fast_once(backend: Backend, f
     SQLCache(backend.url, namespace=namespace).update("p", LLM, VALUE)
     opened: list[int] = []
     caches = {
-        policy: SQLCache(backend.url, namespace=namespace, on_error=policy)  # type: ignore[arg-type]
+        policy: SQLCache(backend.url, namespace=namespace, on_error=policy)
         for policy in ("warn", "raise")
     }
     for cache in caches.values():

@@ -15,6 +15,7 @@ from langchain_sqlcache.errors import (
     UnstorableValueError,
     ValueTooLargeError,
 )
+from langchain_sqlcache.topology import Shard
 
 try:
     __version__ = version("langchain-sqlcache")
@@ -33,6 +34,7 @@ __all__ = [
     "SQLCache",
     "SQLCacheError",
     "SchemaError",
+    "Shard",
     "UnstorableValueError",
     "ValueTooLargeError",
     "__version__",

@@ -7,9 +7,11 @@ method and its async twin differ only by ``await``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -43,6 +45,12 @@ from langchain_sqlcache.timeouts import (
     DEFAULT_STATEMENT_TIMEOUT_SECONDS,
     Timeouts,
 )
+from langchain_sqlcache.topology import Server, Shard, build_topology
+
+# How long a process's own writes are looked up on the primary rather than a replica: replicas
+# on the same network replay within milliseconds (a median 0.6 ms, 7 ms at most, measured
+# by tests/test_replicas.py), so a second leaves room for a loaded one.
+DEFAULT_READ_YOUR_WRITES_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,9 @@ class CacheStats(ModelStats):
     models: dict[str | None, ModelStats] = field(default_factory=dict)
     failures: int = 0
     """Operations of this process that failed over to a miss or no-op (on_error="warn")."""
+    replica_fallbacks: int = 0
+    """Lookups of this process that a replica failed and the next one or the primary
+    answered (not failures: the lookup was answered)."""
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     """The same failures by kind: ``unavailable``, ``timeout``, ``busy``, ``circuit_open``,
     ``refused``, ``too_large``, ``unstorable``, ``error`` (see langchain_sqlcache.failsafe)."""
@@ -145,8 +156,25 @@ class SQLCache(BaseCache):
             instances; found by module and qualified name in this list only, never imported
             by a name read from a row. Instances of other classes are stored as their
             ``model_dump()`` and come back as that plain data (see ``codec``).
+        replicas: Read replicas of the database (URLs or engines: a Postgres hot standby, a
+            MySQL replica). Lookups are spread across them; a replica that fails, or is
+            being skipped after failing, is passed over for the next and then the primary.
+            Everything that writes (update, delete, clear, prune, hit counts, import) and
+            ``stats()`` go to the primary. A replica is never migrated (its schema comes
+            from the primary's), and it lags: see ``read_your_writes``.
+        shards: Spread the entries across several databases instead of ``url``/engines: a
+            list of URLs, engines or ``Shard(url, replicas=[...], name=...)``. Each key lives
+            on exactly one shard, chosen by rendezvous hashing of its key over the shards'
+            names (adding a shard moves about 1/N of the keys); a lookup or an update is one
+            round trip to that shard, while ``clear``, ``prune``, ``stats`` and export run on
+            every shard. ``max_entries`` and ``max_bytes`` are shared out evenly: each shard
+            keeps at most its part.
+        read_your_writes: Seconds after this process writes or deletes a key during which
+            its lookups of that key go to the primary rather than a replica, which may not
+            have replayed the write yet (0: never). Other processes' writes reach a
+            replica's lookups after the replica's lag.
         **engine_kwargs: Passed to ``create_engine`` and ``create_async_engine`` for engines
-            built from ``url``.
+            built from URLs.
 
     """
 
@@ -171,6 +199,9 @@ class SQLCache(BaseCache):
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_SECONDS,
         statement_timeout: float | None = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
         pydantic_classes: Iterable[type[BaseModel]] = (),
+        replicas: Sequence[Server] = (),
+        shards: Sequence[Server | Shard] = (),
+        read_your_writes: float = DEFAULT_READ_YOUR_WRITES_SECONDS,
         **engine_kwargs: Any,
     ) -> None:
         self.settings = Settings.of(
@@ -191,17 +222,23 @@ class SQLCache(BaseCache):
         self._failures = FailureLog()
         self._failsafe = Failsafe(self.settings.on_error, self._failures)
         self._hits = HitBuffer() if record_hits else None
-        self.store = Store(
+        self.topology = build_topology(
             self.settings,
             self._failures,
             url=url,
             engine=engine,
             async_engine=async_engine,
+            replicas=replicas,
+            shards=shards,
+            read_your_writes=read_your_writes,
             transaction_pooler=transaction_pooler,
             timeouts=Timeouts(connect=connect_timeout, statement=statement_timeout),
             engine_kwargs=engine_kwargs,
         )
-        """The engines and how operations reach them (see langchain_sqlcache.store)."""
+        """The shards, each a primary and its replicas (see langchain_sqlcache.topology)."""
+        self.store: Store = self.topology.databases[0].primary
+        """The primary's engines and how operations reach them (see
+        langchain_sqlcache.store); a sharded cache's first shard's."""
 
     # -- the options, as checked (read-only: see settings) ----------------------------------
 
@@ -255,8 +292,9 @@ class SQLCache(BaseCache):
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Return the cached generations for ``prompt`` and ``llm_string``, or None."""
         key_hash, now = self.settings.key_hash(prompt, llm_string), utc_now()
+        database = self.topology.for_key(key_hash)
         rows: Sequence[Sequence[Any]] = self._failsafe.run(
-            "lookup", (), lambda: self.store.run(lookup_rows, key_hash, now)
+            "lookup", (), lambda: database.lookup(key_hash, lookup_rows, key_hash, now)
         )
         value = decode_generations(rows, key_hash=key_hash, models=self.settings.models)
         if value is not None and self._hits is not None:
@@ -266,8 +304,9 @@ class SQLCache(BaseCache):
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         """Async :meth:`lookup`, on the async engine."""
         key_hash, now = self.settings.key_hash(prompt, llm_string), utc_now()
+        database = self.topology.for_key(key_hash)
         rows: Sequence[Sequence[Any]] = await self._failsafe.arun(
-            "lookup", (), lambda: self.store.arun(lookup_rows, key_hash, now)
+            "lookup", (), lambda: database.alookup(key_hash, lookup_rows, key_hash, now)
         )
         value = decode_generations(rows, key_hash=key_hash, models=self.settings.models)
         if value is not None and self._hits is not None:
@@ -295,9 +334,11 @@ class SQLCache(BaseCache):
 
     def _store(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         entry_row, generation_rows = self.settings.rows(prompt, llm_string, return_val)
-        self.store.run(store_value, entry_row, generation_rows)
+        database = self.topology.for_key(entry_row["key_hash"])
+        database.primary.run(store_value, entry_row, generation_rows)
+        database.wrote(entry_row["key_hash"])
         if self.settings.prune_due():
-            self.store.write(prune_step, *self._prune_arguments())
+            database.primary.write(prune_step, *self._prune_arguments())
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Async :meth:`update`, on the async engine."""
@@ -307,9 +348,11 @@ class SQLCache(BaseCache):
 
     async def _astore(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         entry_row, generation_rows = self.settings.rows(prompt, llm_string, return_val)
-        await self.store.arun(store_value, entry_row, generation_rows)
+        database = self.topology.for_key(entry_row["key_hash"])
+        await database.primary.arun(store_value, entry_row, generation_rows)
+        database.wrote(entry_row["key_hash"])
         if self.settings.prune_due():
-            await self.store.awrite(prune_step, *self._prune_arguments())
+            await database.primary.awrite(prune_step, *self._prune_arguments())
 
     def clear(self, **kwargs: Any) -> None:
         """Delete this namespace's entries, in batches; other namespaces are kept.
@@ -325,19 +368,21 @@ class SQLCache(BaseCache):
 
         """
         which = self.settings.entry_filter(**kwargs)
-        self._failsafe.run("clear", None, lambda: self._clear(which))
+        for store in self.topology.primaries:  # a shard that fails leaves the others cleared
+            self._failsafe.run("clear", None, partial(self._clear, store, which))
 
-    def _clear(self, which: EntryFilter) -> None:
-        while self.store.write(clear_batch, which, self.settings.batch_size):
+    def _clear(self, store: Store, which: EntryFilter) -> None:
+        while store.write(clear_batch, which, self.settings.batch_size):
             pass
 
     async def aclear(self, **kwargs: Any) -> None:
         """Async :meth:`clear`, on the async engine."""
         which = self.settings.entry_filter(**kwargs)
-        await self._failsafe.arun("clear", None, lambda: self._aclear(which))
+        for store in self.topology.primaries:
+            await self._failsafe.arun("clear", None, partial(self._aclear, store, which))
 
-    async def _aclear(self, which: EntryFilter) -> None:
-        while await self.store.awrite(clear_batch, which, self.settings.batch_size):
+    async def _aclear(self, store: Store, which: EntryFilter) -> None:
+        while await store.awrite(clear_batch, which, self.settings.batch_size):
             pass
 
     # -- lifecycle and stats ---------------------------------------------------------------
@@ -345,13 +390,20 @@ class SQLCache(BaseCache):
     def delete(self, prompt: str, llm_string: str) -> bool:
         """Delete one entry; return whether it existed (False when the database failed)."""
         key_hash = self.settings.key_hash(prompt, llm_string)
-        return self._failsafe.run("delete", 0, lambda: self.store.write(delete_value, key_hash)) > 0
+        database = self.topology.for_key(key_hash)
+        database.wrote(key_hash)
+        deleted = self._failsafe.run(
+            "delete", 0, lambda: database.primary.write(delete_value, key_hash)
+        )
+        return deleted > 0
 
     async def adelete(self, prompt: str, llm_string: str) -> bool:
         """Async :meth:`delete`, on the async engine."""
         key_hash = self.settings.key_hash(prompt, llm_string)
+        database = self.topology.for_key(key_hash)
+        database.wrote(key_hash)
         deleted = await self._failsafe.arun(
-            "delete", 0, lambda: self.store.awrite(delete_value, key_hash)
+            "delete", 0, lambda: database.primary.awrite(delete_value, key_hash)
         )
         return deleted > 0
 
@@ -363,31 +415,33 @@ class SQLCache(BaseCache):
 
         """
         removed = [0]  # what was deleted before a failure counts too
-        self._failsafe.run("prune", None, lambda: self._prune(removed))
+        for store in self.topology.primaries:
+            self._failsafe.run("prune", None, partial(self._prune, store, removed))
         return removed[0]
 
-    def _prune(self, removed: list[int]) -> None:
+    def _prune(self, store: Store, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        while deleted := self.store.write(delete_expired_batch, namespace, now, batch):
+        while deleted := store.write(delete_expired_batch, namespace, now, batch):
             removed[0] += deleted
-        excess = self.store.read(measure_excess, namespace, max_entries, max_bytes)
+        excess = store.read(measure_excess, namespace, max_entries, max_bytes)
         while excess:
-            deleted, excess = self.store.write(delete_oldest_batch, namespace, excess, batch)
+            deleted, excess = store.write(delete_oldest_batch, namespace, excess, batch)
             removed[0] += deleted
 
     async def aprune(self) -> int:
         """Async :meth:`prune`, on the async engine."""
         removed = [0]
-        await self._failsafe.arun("prune", None, lambda: self._aprune(removed))
+        for store in self.topology.primaries:
+            await self._failsafe.arun("prune", None, partial(self._aprune, store, removed))
         return removed[0]
 
-    async def _aprune(self, removed: list[int]) -> None:
+    async def _aprune(self, store: Store, removed: list[int]) -> None:
         namespace, now, max_entries, max_bytes, batch = self._prune_arguments()
-        while deleted := await self.store.awrite(delete_expired_batch, namespace, now, batch):
+        while deleted := await store.awrite(delete_expired_batch, namespace, now, batch):
             removed[0] += deleted
-        excess = await self.store.aread(measure_excess, namespace, max_entries, max_bytes)
+        excess = await store.aread(measure_excess, namespace, max_entries, max_bytes)
         while excess:
-            deleted, excess = await self.store.awrite(delete_oldest_batch, namespace, excess, batch)
+            deleted, excess = await store.awrite(delete_oldest_batch, namespace, excess, batch)
             removed[0] += deleted
 
     def stats(self) -> CacheStats:
@@ -400,73 +454,107 @@ class SQLCache(BaseCache):
         """
         self._flush_hits(self._hits.take() if self._hits else [])
         namespace, now = self.settings.stored_namespace, utc_now()
-        rows: Sequence[Row[Any]] = self._failsafe.run(
-            "stats", (), lambda: self.store.read(stats_rows, namespace, now), on_error="raise"
-        )
-        return _stats_of(rows, self._failures)
+        rows: list[Row[Any]] = []
+        for store in self.topology.primaries:
+            rows += self._failsafe.run(
+                "stats",
+                (),
+                partial(store.read, stats_rows, namespace, now),
+                on_error="raise",
+            )
+        return self._stats_of(rows)
 
     async def astats(self) -> CacheStats:
         """Async :meth:`stats`, on the async engine."""
         await self._aflush_hits(self._hits.take() if self._hits else [])
         namespace, now = self.settings.stored_namespace, utc_now()
-        rows: Sequence[Row[Any]] = await self._failsafe.arun(
-            "stats", (), lambda: self.store.aread(stats_rows, namespace, now), on_error="raise"
-        )
-        return _stats_of(rows, self._failures)
+        rows: list[Row[Any]] = []
+        for store in self.topology.primaries:
+            rows += await self._failsafe.arun(
+                "stats",
+                (),
+                partial(store.aread, stats_rows, namespace, now),
+                on_error="raise",
+            )
+        return self._stats_of(rows)
 
     def close(self) -> None:
         """Write pending hits; dispose of the sync engines this cache built."""
         if self.store.engines is not None and self._hits is not None:
             self._flush_hits(self._hits.take())
-        self.store.close()
+        for store in self.topology.stores:
+            store.close()
 
     async def aclose(self) -> None:
         """Dispose of every engine this cache built, once pending work is done.
 
         Operations of cancelled callers finish first, then pending hits are written.
         """
-        await self.store.adrain()
+        for store in self.topology.stores:
+            await store.adrain()
         if self.store.async_engines is not None and self._hits is not None:
             await self._aflush_hits(self._hits.take())
-        await self.store.aclose()
+        for store in self.topology.stores:
+            await store.aclose()
         self.close()
 
     # -- shared by the sync and async paths ------------------------------------------------
 
     def _flush_hits(self, hits: list[dict[str, Any]]) -> None:
-        if hits:  # a lost hit count never fails the lookup that flushes it
+        # A lost hit count never fails the lookup that flushes it.
+        for store, batch in self._hits_by_primary(hits):
             self._failsafe.run(
-                "record hits", None, lambda: self.store.write(record_hits, hits), on_error="warn"
+                "record hits", None, partial(store.write, record_hits, batch), on_error="warn"
             )
 
     async def _aflush_hits(self, hits: list[dict[str, Any]]) -> None:
-        if hits:
+        for store, batch in self._hits_by_primary(hits):
             await self._failsafe.arun(
-                "record hits", None, lambda: self.store.awrite(record_hits, hits), on_error="warn"
+                "record hits", None, partial(store.awrite, record_hits, batch), on_error="warn"
             )
 
+    def _hits_by_primary(self, hits: list[dict[str, Any]]) -> list[tuple[Store, list[Any]]]:
+        """Each shard's hit counts, for its primary."""
+        keys = [hit["hit_key_hash"] for hit in hits]
+        return [
+            (database.primary, [hits[i] for i in positions])
+            for database, positions in self.topology.by_database(keys)
+        ]
+
     def _prune_arguments(self) -> tuple[str, Any, int | None, int | None, int]:
-        settings = self.settings
+        settings, shards = self.settings, len(self.topology.databases)
         return (
             settings.stored_namespace,
             utc_now(),
-            settings.max_entries,
-            settings.max_bytes,
+            _share(settings.max_entries, shards),
+            _share(settings.max_bytes, shards),
             settings.batch_size,
         )
 
-
-def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog) -> CacheStats:
-    models = {
-        row.llm_model: ModelStats(
-            entries=int(row.entries),
-            generations=int(row.generations),
-            bytes=int(row.bytes),
-            expired=int(row.expired),
-            hits=int(row.hits),
+    def _stats_of(self, rows: Sequence[Row[Any]]) -> CacheStats:
+        return _stats_of(
+            rows,
+            self._failures,
+            sum(database.replica_failures.count for database in self.topology.databases),
         )
-        for row in rows
-    }
+
+
+def _share(cap: int | None, shards: int) -> int | None:
+    """Each shard's part of a cap on the whole cache (keys spread evenly across shards)."""
+    return cap if cap is None else math.ceil(cap / shards)
+
+
+def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog, replica_fallbacks: int) -> CacheStats:
+    models: dict[str | None, ModelStats] = {}
+    for row in rows:  # a model's rows of every shard, added up
+        seen = models.get(row.llm_model, ModelStats(0, 0, 0, 0, 0))
+        models[row.llm_model] = ModelStats(
+            entries=seen.entries + int(row.entries),
+            generations=seen.generations + int(row.generations),
+            bytes=seen.bytes + int(row.bytes),
+            expired=seen.expired + int(row.expired),
+            hits=seen.hits + int(row.hits),
+        )
     return CacheStats(
         entries=sum(m.entries for m in models.values()),
         generations=sum(m.generations for m in models.values()),
@@ -476,4 +564,5 @@ def _stats_of(rows: Sequence[Row[Any]], failures: FailureLog) -> CacheStats:
         models=models,
         failures=failures.count,
         failures_by_kind=dict(failures.by_kind),
+        replica_fallbacks=replica_fallbacks,
     )
