@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from langchain_sqlcache import SQLCache, migrations
 from langchain_sqlcache.engines import driver_urls
+from tests import standby
 from tests.servers import EmbeddedPostgres, embedded_postgres, embedded_postgres_install
 
 
@@ -153,6 +154,29 @@ def backend(
     if name == "mysql":
         _containers.callback(_raise_packet_size(url))
     return Backend(name, url)
+
+
+@pytest.fixture(scope="module")
+def postgres_pair() -> Iterator[standby.PostgresPair]:
+    """A Postgres primary and hot standby of this module's own, on spare loopback ports.
+
+    Module-scoped: tests may stop, kill or promote the standby, so no other module shares it.
+    """
+    with started_postgres_pair() as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def started_postgres_pair() -> Iterator[standby.PostgresPair]:
+    """A started pair, destroyed afterwards; skipped (failed under CI=true) without binaries."""
+    bin_dir = standby.postgres_bin()
+    if bin_dir is None:
+        skip_or_fail(
+            "a Postgres primary and standby need initdb, pg_ctl and pg_basebackup; "
+            f"set {standby.POSTGRES_BIN_ENV_VAR}"
+        )
+    with standby.postgres_pair(bin_dir) as pair:
+        yield pair
 
 
 def skip_or_fail(message: str) -> NoReturn:

@@ -1,11 +1,12 @@
 """The database restarts under load: callers see misses and no-ops, never an exception.
 
 Postgres is restarted with ``pg_ctlcluster`` (``pg_ctl`` when the harness started it, see
-tests/servers.py); MariaDB is killed (SIGKILL, a crash) and started again. Meanwhile threads
-(sync methods) and tasks (async methods) keep looking up values written before the restart
-and writing new ones. The test measures how long the server was away and how long each
-family took to serve a hit once it was back, then checks that every value written before
-the restart is still whole.
+tests/servers.py); MariaDB is killed (SIGKILL, a crash) and started again: only the mariadbd
+that its pid file names and that listens on the test URL's port, never one found by name.
+Meanwhile threads (sync methods) and tasks (async methods) keep looking up values written
+before the restart and writing new ones. The test measures how long the server was away and
+how long each family took to serve a hit once it was back, then checks that every value
+written before the restart is still whole.
 
 These tests control the local servers (root, loopback): elsewhere they skip, and under
 ``CI=true`` they fail.
@@ -14,6 +15,7 @@ These tests control the local servers (root, loopback): elsewhere they skip, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -33,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 from langchain_sqlcache import SQLCache
 from langchain_sqlcache.failsafe import JITTER, MAX_PROBE_DELAY_SECONDS
 from tests.conftest import Backend, skip_or_fail, sync_engine, unique_namespace
+from tests.standby import alive
 
 pytestmark = [
     pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True),
@@ -49,6 +52,8 @@ DEADLINE_SECONDS = 90.0
 # plus a probe's time.
 RECOVERY_SECONDS = MAX_PROBE_DELAY_SECONDS * (1 + JITTER) + 1.0
 MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_PID_FILE = Path("/run/mysqld/mysqld.pid")  # @@pid_file of the packaged server
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
 
 
 def value_of(key: int, version: int) -> list[Generation]:
@@ -71,6 +76,10 @@ def restart_postgres(backend: Backend) -> None:
         backend.server.restart()
     else:
         pg_ctlcluster("restart")
+
+
+def mariadb_port(backend: Backend) -> int:
+    return make_url(backend.url).port or 3306
 
 
 def wait_until(answers: Callable[[], bool], what: str) -> None:
@@ -103,23 +112,60 @@ def pg_ctlcluster(action: str, *, check: bool = True) -> None:
     )
 
 
-def mariadb_pids() -> list[int]:
-    found = subprocess.run(["pidof", "mariadbd"], capture_output=True, text=True, check=False)  # noqa: S607
-    return [int(pid) for pid in found.stdout.split()]
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` (IPv4 and IPv6), from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == TCP_LISTEN and int(local.rpartition(":")[2], 16) == port:
+                    found.add(inode)
+    return found
 
 
-def crash_and_start_mariadb() -> None:
-    pids = mariadb_pids()
-    assert pids, "mariadbd is not running"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not mariadb_pids(), "mariadbd did not die")
+def system_mariadb_pid(port: int) -> int | None:
+    """The PID of the system's mariadbd: the one its pid file names, if it listens on ``port``.
+
+    Never found by name: a test may run a Galera cluster of other mariadbd processes on
+    spare ports, and those must survive this test's crash.
+    """
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        pid = int(MARIADB_PID_FILE.read_text().split()[0])
+        if os.path.realpath(f"/proc/{pid}/exe") != os.path.realpath(MARIADBD):
+            return None
+        listening = {f"socket:[{inode}]" for inode in listening_sockets(port)}
+        fds = Path(f"/proc/{pid}/fd")
+        for fd in fds.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if os.readlink(fd) in listening:
+                    return pid
+    return None
+
+
+def crash_and_start_mariadb(port: int) -> None:
+    pid = system_mariadb_pid(port)
+    assert pid is not None, f"no mariadbd named by {MARIADB_PID_FILE} listens on port {port}"
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), "mariadbd did not die")
     start_mariadb()
 
 
 def start_mariadb() -> None:
+    # --pidfile: without it start-stop-daemon matches any process running MARIADBD (a Galera
+    # node, say) and, with --oknodo, starts nothing.
     subprocess.run(
-        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MARIADBD],  # noqa: S607
+        [  # noqa: S607
+            "start-stop-daemon",
+            "--start",
+            "--oknodo",
+            "--background",
+            "--pidfile",
+            str(MARIADB_PID_FILE),
+            "--exec",
+            MARIADBD,
+        ],
         check=True,
         timeout=DEADLINE_SECONDS,
     )
@@ -136,7 +182,7 @@ def restorable(backend: Backend) -> Iterator[None]:
             packet = connection.execute(text("SELECT @@GLOBAL.max_allowed_packet")).scalar()
         engine.dispose()
     yield
-    if backend.name == "mysql" and not mariadb_pids():
+    if backend.name == "mysql" and system_mariadb_pid(mariadb_port(backend)) is None:
         start_mariadb()
     elif backend.name == "postgresql" and not server_answers(backend):
         if backend.server is not None:
@@ -225,7 +271,7 @@ def test_restart_under_load(backend: Backend, restorable: None) -> None:
         if backend.name == "postgresql":
             restart_postgres(backend)
         else:
-            crash_and_start_mariadb()
+            crash_and_start_mariadb(mariadb_port(backend))
         wait_until(lambda: server_answers(backend), f"{backend.name} did not come back")
         back = time.monotonic()
         # An exception that reached a caller ends that caller: stop waiting, and show it.
