@@ -16,7 +16,7 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -61,6 +61,18 @@ url_option = click.option(
     show_default=True,
     help=f"Database URL (default: ${URL_ENV_VAR}, then the embedded SQLite file).",
 )
+urls_option = click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    envvar=URL_ENV_VAR,
+    default=(DEFAULT_URL,),
+    show_default=True,
+    help=(
+        f"Database URL (default: ${URL_ENV_VAR}, then the embedded SQLite file). Given "
+        "several times, the shards of a sharded cache: the command runs on each."
+    ),
+)
 schema_option = click.option(
     "--schema", default=None, help="Postgres schema or MySQL database that holds the tables."
 )
@@ -69,11 +81,13 @@ namespace_option = click.option(
 )
 
 
-def _cache(url: str, namespace: str, schema: str | None, **options: Any) -> SQLCache:
+def _cache(urls: Sequence[str], namespace: str, schema: str | None, **options: Any) -> SQLCache:
     # The CLI never creates tables behind an operator's back: `db upgrade` does that.
     # An operator wants to hear that the database is down, not a quiet "pruned 0".
+    # Several URLs are the shards of one cache, in the order the application gives them.
     return SQLCache(
-        url,
+        urls[0] if len(urls) == 1 else None,
+        shards=list(urls) if len(urls) > 1 else (),
         namespace=namespace,
         schema=schema,
         create_tables=False,
@@ -156,64 +170,82 @@ def db() -> None:
     """Manage the cache's schema (Alembic migrations shipped with the package)."""
 
 
+def _each(urls: Sequence[str]) -> Iterator[str]:
+    """The URLs in turn, each announced when there are several (the shards of a cache)."""
+    for url in urls:
+        if len(urls) > 1:
+            click.echo(f"{_shown(url)}:")
+        yield url
+
+
 def _migrate(
-    operation: Callable[..., str | None], revision: str, url: str, schema: str | None, sql: bool
+    operation: Callable[..., str | None],
+    revision: str,
+    urls: Sequence[str],
+    schema: str | None,
+    sql: bool,
 ) -> None:
-    """Run an upgrade or downgrade; print its SQL (--sql) or the revision it reached."""
-    output = operation(resolve_url(url), revision, schema=schema, sql=sql)
-    if output is not None:
-        click.echo(output, nl=False)
-    else:
-        click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
+    """Run an upgrade or downgrade on each database; print its SQL (--sql) or its revision."""
+    for url in _each(urls):
+        output = operation(resolve_url(url), revision, schema=schema, sql=sql)
+        if output is not None:
+            click.echo(output, nl=False)
+        else:
+            click.echo(f"at {migrations.current(resolve_url(url), schema=schema) or 'none'}")
 
 
 @db.command()
 @click.argument("revision", default="head")
-@url_option
+@urls_option
 @schema_option
 @sql_option
 @_one_line_errors
-def upgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
-    """Upgrade the cache's tables to REVISION (default: head)."""
-    _migrate(migrations.upgrade, revision, url, schema, sql)
+def upgrade(revision: str, urls: tuple[str, ...], schema: str | None, sql: bool) -> None:
+    """Upgrade the cache's tables to REVISION (default: head), on each --url."""
+    _migrate(migrations.upgrade, revision, urls, schema, sql)
 
 
 @db.command()
 @click.argument("revision")
-@url_option
+@urls_option
 @schema_option
 @sql_option
 @_one_line_errors
-def downgrade(revision: str, url: str, schema: str | None, sql: bool) -> None:
+def downgrade(revision: str, urls: tuple[str, ...], schema: str | None, sql: bool) -> None:
     """Downgrade the cache's tables to REVISION ('base' removes every table of ours)."""
-    _migrate(migrations.downgrade, revision, url, schema, sql)
+    _migrate(migrations.downgrade, revision, urls, schema, sql)
 
 
 @db.command()
-@url_option
+@urls_option
 @schema_option
 @_one_line_errors
-def current(url: str, schema: str | None) -> None:
-    """Print the revision the database is at ('none' when the cache has no tables)."""
-    click.echo(migrations.current(resolve_url(url), schema=schema) or "none")
+def current(urls: tuple[str, ...], schema: str | None) -> None:
+    """Print the revision each database is at ('none' when the cache has no tables)."""
+    for url in _each(urls):
+        click.echo(migrations.current(resolve_url(url), schema=schema) or "none")
 
 
 @db.command()
-@url_option
+@urls_option
 @schema_option
 @_one_line_errors
-def check(url: str, schema: str | None) -> None:
-    """Exit 0 when the database is at the package's head revision, 1 when it is behind."""
-    found = migrations.current(resolve_url(url), schema=schema)
+def check(urls: tuple[str, ...], schema: str | None) -> None:
+    """Exit 0 when every database is at the package's head revision, 1 when one is behind."""
     head = migrations.head_revision()
-    if found == head:
-        click.echo(f"up to date: {head}")
-        return
-    click.echo(
-        f"behind: database at {found or 'none'}, package at {head}; run: "
-        f"{migrations.upgrade_command(url, schema)}"
-    )
-    sys.exit(EXIT_BEHIND)
+    behind = False
+    for url in _each(urls):
+        found = migrations.current(resolve_url(url), schema=schema)
+        if found == head:
+            click.echo(f"up to date: {head}")
+            continue
+        behind = True
+        click.echo(
+            f"behind: database at {found or 'none'}, package at {head}; run: "
+            f"{migrations.upgrade_command(url, schema)}"
+        )
+    if behind:
+        sys.exit(EXIT_BEHIND)
 
 
 @main.command()
@@ -251,14 +283,14 @@ def demo(url: str, latency: float) -> None:
 
 
 @main.command()
-@url_option
+@urls_option
 @namespace_option
 @schema_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_one_line_errors
-def stats(url: str, namespace: str, schema: str | None, as_json: bool) -> None:
+def stats(urls: tuple[str, ...], namespace: str, schema: str | None, as_json: bool) -> None:
     """Entries, generations, bytes, expired entries and hits of a namespace, by model."""
-    cache = _cache(url, namespace, schema)
+    cache = _cache(urls, namespace, schema)
     try:
         result = cache.stats()
     finally:
@@ -281,21 +313,21 @@ def _stats_table(stats: CacheStats) -> str:
 
 
 @main.command()
-@url_option
+@urls_option
 @namespace_option
 @schema_option
 @click.option("--max-entries", type=int, default=None, help="Cap on the namespace's entries.")
 @click.option("--max-bytes", type=int, default=None, help="Cap on the namespace's bytes.")
 @_one_line_errors
 def prune(
-    url: str,
+    urls: tuple[str, ...],
     namespace: str,
     schema: str | None,
     max_entries: int | None,
     max_bytes: int | None,
 ) -> None:
     """Delete expired entries, then the oldest over the caps, in batches."""
-    cache = _cache(url, namespace, schema, max_entries=max_entries, max_bytes=max_bytes)
+    cache = _cache(urls, namespace, schema, max_entries=max_entries, max_bytes=max_bytes)
     try:
         click.echo(f"pruned {cache.prune()} entries")
     finally:
@@ -303,7 +335,7 @@ def prune(
 
 
 @main.command()
-@url_option
+@urls_option
 @namespace_option
 @schema_option
 @llm_string_option
@@ -312,7 +344,7 @@ def prune(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_one_line_errors
 def clear(
-    url: str,
+    urls: tuple[str, ...],
     namespace: str,
     schema: str | None,
     llm_string: str | None,
@@ -321,12 +353,11 @@ def clear(
     yes: bool,
 ) -> None:
     """Delete a namespace's entries (or those matching the filters), in batches."""
-    cache = _cache(url, namespace, schema)
+    cache = _cache(urls, namespace, schema)
     try:
         before = cache.stats().entries
-        question = (
-            f"Clear namespace {namespace!r} ({before} entries, before filters) on {_shown(url)}?"
-        )
+        where = ", ".join(map(_shown, urls))
+        question = f"Clear namespace {namespace!r} ({before} entries, before filters) on {where}?"
         if not yes and not _confirmed(question):
             click.echo("not cleared", err=True)
             sys.exit(EXIT_SKIPPED)
@@ -337,7 +368,7 @@ def clear(
 
 
 @main.command(name="export")
-@url_option
+@urls_option
 @click.option("--namespace", default=None, help="Only this namespace (default: all).")
 @schema_option
 @llm_string_option
@@ -346,7 +377,7 @@ def clear(
               help="File to write (default: standard output).")  # fmt: skip
 @_one_line_errors
 def export_command(
-    url: str,
+    urls: tuple[str, ...],
     namespace: str | None,
     schema: str | None,
     llm_string: str | None,
@@ -361,7 +392,7 @@ def export_command(
         # One cutoff for the count and the export, so that the progress bar's total is exact.
         older_than = datetime.now(timezone.utc) - older_than
     filters = _filters(llm_string, older_than)
-    cache = _cache(url, namespace or "", schema)
+    cache = _cache(urls, namespace or "", schema)
     try:
         total = transfer.count(cache, all_namespaces=namespace is None, **filters)
         records = transfer.export_records(cache, all_namespaces=namespace is None, **filters)
@@ -377,13 +408,15 @@ def export_command(
 # Bytes: each line is decoded on its own, so that one that is not UTF-8 is reported and
 # skipped like any other bad line.
 @click.argument("source", type=click.File("rb"))
-@url_option
+@urls_option
 @click.option(
     "--namespace", default=None, help="Import into this namespace (default: each line's)."
 )
 @schema_option
 @_one_line_errors
-def import_command(url: str, source: IO[bytes], namespace: str | None, schema: str | None) -> None:
+def import_command(
+    urls: tuple[str, ...], source: IO[bytes], namespace: str | None, schema: str | None
+) -> None:
     """Read JSON Lines from SOURCE ('-' for standard input) into the cache; idempotent.
 
     A line that cannot be imported (not UTF-8 or JSON, not a valid record, a namespace the
@@ -391,13 +424,14 @@ def import_command(url: str, source: IO[bytes], namespace: str | None, schema: s
     standard error with its number and skipped; every other line is imported. Exit 0 when
     every line was imported, 4 when some were skipped.
     """
-    cache = _cache(url, namespace or "", schema)
+    cache = _cache(urls, namespace or "", schema)
 
     def skipped(number: int, reason: str) -> None:
         click.echo(f"line {number}: skipped: {reason}", err=True)
 
     try:
-        cache.store.ready()  # fail on the database before the progress bar starts
+        for store in cache.topology.primaries:  # fail on a database before the progress bar
+            store.ready()
         with click.progressbar(source, label="import", file=sys.stderr) as lines:
             result = transfer.import_lines(
                 cache, lines, keep_namespaces=namespace is None, on_skip=skipped

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Row
 
     from langchain_sqlcache.cache import SQLCache
+    from langchain_sqlcache.store import Store
 
 FORMAT = "langchain-sqlcache/2"
 # Documents with real strings and no tags, written before the codec's tagged values.
@@ -70,7 +71,7 @@ def selection(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> Entry
 def count(cache: SQLCache, *, all_namespaces: bool, **filters: Any) -> int:
     """How many entries an export would write (filters as in :func:`selection`)."""
     which = selection(cache, all_namespaces=all_namespaces, **filters)
-    return cache.store.read(count_entries, which)
+    return sum(store.read(count_entries, which) for store in cache.topology.primaries)
 
 
 def export_records(
@@ -78,17 +79,19 @@ def export_records(
 ) -> Iterator[dict[str, Any]]:
     """Every entry selected (see :func:`selection`), oldest first, a page at a time.
 
-    Each page is read under the store's retries, as import's batches are written.
+    Each page is read under the store's retries, as import's batches are written. A sharded
+    cache's entries come shard after shard, each shard's oldest first.
     """
     which = selection(cache, all_namespaces=all_namespaces, **filters)
-    after_id = 0
-    while True:
-        entries, generations = cache.store.read(read_page, which, after_id, EXPORT_PAGE)
-        if not entries:
-            return
-        for row in entries:
-            yield _record(row, generations.get(row.id, []))
-        after_id = entries[-1].id
+    for store in cache.topology.primaries:
+        after_id = 0
+        while True:
+            entries, generations = store.read(read_page, which, after_id, EXPORT_PAGE)
+            if not entries:
+                break
+            for row in entries:
+                yield _record(row, generations.get(row.id, []))
+            after_id = entries[-1].id
 
 
 def _record(entry: Row[Any], generations: list[Row[Any]]) -> dict[str, Any]:
@@ -174,13 +177,20 @@ def import_lines(
         if on_skip is not None:
             on_skip(number, reason)
 
-    writer = cache.store.ready().writer
-    backend = backend_for(writer.dialect)
-    limit = backend.packet_limit(writer)  # None but where the server caps packets (MySQL)
+    # Each shard's backend and packet limit (None but where the server caps packets: MySQL).
+    limits: dict[int, tuple[Backend, int | None]] = {}
+    for database in cache.topology.databases:
+        writer = database.primary.ready().writer
+        backend = backend_for(writer.dialect)
+        limits[id(database)] = backend, backend.packet_limit(writer)
+
+    def limit_of(key_hash: str) -> tuple[Backend, int | None]:
+        return limits[id(cache.topology.for_key(key_hash))]
+
     pending: dict[str, Pending] = {}
     for number, line in enumerate(lines, start=1):
         try:
-            value = _value_of(line, cache, keep_namespaces, backend, limit)
+            value = _value_of(line, cache, keep_namespaces, limit_of)
         except Exception as exc:  # noqa: BLE001 - any bad line is reported, then skipped
             skip(number, _reason(exc))
             continue
@@ -199,14 +209,23 @@ def import_lines(
 
 
 def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str], None]) -> int:
-    """Write a batch in one transaction; if the database refuses it, line by line.
+    """Write a batch, each shard's part in one transaction (see :func:`_write_part`).
 
     Returns how many lines were written; the ones the database refuses go to ``skip``.
     """
+    keys = [entry_row["key_hash"] for _, entry_row, _ in batch]
+    return sum(
+        _write_part(database.primary, [batch[i] for i in positions], skip)
+        for database, positions in cache.topology.by_database(keys)
+    )
+
+
+def _write_part(store: Store, batch: list[Pending], skip: Callable[[int, str], None]) -> int:
+    """Write a batch in one transaction; if the database refuses it, line by line."""
     if not batch:
         return 0
     try:
-        cache.store.write(write_values, [(entry_row, rows) for _, entry_row, rows in batch])
+        store.write(write_values, [(entry_row, rows) for _, entry_row, rows in batch])
     except Exception as exc:
         if not _refused(exc):
             raise
@@ -215,7 +234,7 @@ def _write_batch(cache: SQLCache, batch: list[Pending], skip: Callable[[int, str
     written = 0
     for number, entry_row, rows in batch:
         try:
-            cache.store.write(write_values, [(entry_row, rows)])
+            store.write(write_values, [(entry_row, rows)])
         except Exception as exc:
             if not _refused(exc):
                 raise
@@ -262,9 +281,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _value_of(
-    line: bytes | str, cache: SQLCache, keep_namespaces: bool, backend: Backend, limit: int | None
+    line: bytes | str,
+    cache: SQLCache,
+    keep_namespaces: bool,
+    limit_of: Callable[[str], tuple[Backend, int | None]],
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """The rows of one line, checked; None for a blank line."""
+    """The rows of one line, checked against its shard's packet limit; None for a blank line."""
     size = len(line) if isinstance(line, bytes) else utf8_size(line)
     if isinstance(line, bytes):
         try:
@@ -280,6 +302,7 @@ def _value_of(
         msg = f"not JSON: {exc.msg} at column {exc.colno}"
         raise InvalidLine(msg) from None
     entry_row, generation_rows = _rows_of(record, cache, keep_namespaces)
+    backend, limit = limit_of(entry_row["key_hash"])
     if limit is not None and size * WIRE_BYTES_PER_LINE_BYTE + backend.packet_overhead > limit:
         backend.check_value_size_within(limit, entry_row, generation_rows, one_packet=False)
     return entry_row, generation_rows
