@@ -207,7 +207,7 @@ def test_the_cli_migrates_and_checks_every_shard(shard_urls: list[str]) -> None:
     current = runner.invoke(main, ["db", "current", *urls])
     assert current.exit_code == 0, current.output
     for url in shard_urls[:3]:
-        assert make_url(url).database in current.stdout
+        assert f"/{make_url(url).database}:" in current.stdout
 
 
 def test_a_shard_that_is_down_costs_only_its_own_keys(shard_urls: list[str]) -> None:
