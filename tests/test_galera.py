@@ -59,7 +59,7 @@ def test_writers_on_every_node_never_tear_a_value(galera_cluster: GaleraCluster)
     namespace = unique_namespace()
     counts = run_load([galera_cluster.url(node) for node in NODES], namespace, seconds=8.0)
     _report(counts)
-    _assert_clean(counts, allowed_failures=())
+    _assert_clean(counts, allowed_failures=("busy",))
     _assert_nodes_agree(galera_cluster, namespace)
 
 
@@ -83,12 +83,17 @@ def test_a_node_killed_mid_load_rejoins(galera_cluster: GaleraCluster) -> None:
     print(f"node 3 rejoined (state transfer, Synced) in {rejoin:.1f} s")
     _report(counts)
     # Writer 3's node was down for a while: its updates and lookups failed over (counted).
-    _assert_clean(counts, allowed_failures=("unavailable", "circuit_open", "timeout"))
+    _assert_clean(counts, allowed_failures=("busy", "unavailable", "circuit_open", "timeout"))
     assert all(found.writes > 0 for found in counts)
     _assert_nodes_agree(galera_cluster, namespace)
 
 
 def _assert_clean(counts: list[Counts], allowed_failures: tuple[str, ...]) -> None:
+    """Nothing raised, nothing torn, no update refused (the old IntegrityError 1452).
+
+    "busy": an update that met a conflict on every attempt (three writers on five keys
+    without a pause) is a counted no-op under "warn"; it must stay rare.
+    """
     assert [found.exceptions for found in counts] == [[], [], []]
     assert [found.torn for found in counts] == [[], [], []]
     unexpected = [
@@ -98,6 +103,8 @@ def _assert_clean(counts: list[Counts], allowed_failures: tuple[str, ...]) -> No
         if kind not in allowed_failures
     ]
     assert unexpected == []
+    busy = sum(found.failures.get("busy", 0) for found in counts)
+    assert busy <= sum(found.writes for found in counts) // 100
     assert sum(found.hits for found in counts) > 0
 
 
