@@ -48,7 +48,8 @@ class DriverQuery:
     a result per call, which cost a lookup about a third of a loopback round trip): the
     statements are still built and compiled by SQLAlchemy, once, and their bind processors
     still convert the parameters. Several statements are sent as one
-    packet, where the connection allows it (MySQL with multi-statements).
+    packet where that is safe (MySQL with multi-statements, not on Galera), else as
+    ``steps``.
     """
 
     sql: str
@@ -59,9 +60,13 @@ class DriverQuery:
     """How many results the server sends back (one per statement)."""
     constants: tuple[tuple[str, Any], ...] = ()
     """The statements' own bound values (a literal such as coalesce(..., 0))."""
-    one_by_one: tuple[tuple[str, int], ...] = ()
-    """Each statement and its number of parameters, for a driver that takes one statement
-    per call (SQLite); empty when ``sql`` is sent whole."""
+    steps: tuple[tuple[str, int, int], ...] = ()
+    """The statements as several calls: each call's SQL, its number of parameters and of
+    results. Used where the driver takes one statement per call (SQLite: a statement a
+    call) or where one call is not atomic (a Galera node: see
+    ``Backend.whole_value_steps``); empty when there is only one call."""
+    whole: bool = True
+    """``sql`` may be sent as one call (not where the driver takes one statement a call)."""
 
     def parameters(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """The DBAPI parameters for ``values``."""
@@ -84,34 +89,37 @@ def driver_query(
     number of generations they write (one multi-row INSERT).
     """
     backend = backend_for(dialect)
-    statements = (
-        backend.whole_value_write(generations)
-        if name == "whole_value_write"
-        else (getattr(statements_for(dialect.name), name),)
-    )
+    calls: tuple[tuple[Any, ...], ...]
+    if name != "whole_value_write":
+        calls = ((getattr(statements_for(dialect.name), name),),)
+    elif backend.statements_one_per_call:
+        calls = tuple((statement,) for statement in backend.whole_value_write(generations))
+    else:
+        calls = backend.whole_value_steps(generations)
     sql: list[str] = []
     positions: list[str] = []
-    counts: list[int] = []
+    steps: list[tuple[str, int, int]] = []
     processors: dict[str, Callable[[Any], Any]] = {}
     constants: dict[str, Any] = {}
-    for statement in statements:
-        compiled = compile_for_driver(statement, dialect, schema)
-        sql.append(compiled.sql)
-        positions += compiled.positions
-        counts.append(len(compiled.positions))
-        processors.update(compiled.processors)
-        constants.update(compiled.constants)
+    for call in calls:
+        call_sql: list[str] = []
+        call_positions = len(positions)
+        for statement in call:
+            compiled = compile_for_driver(statement, dialect, schema)
+            call_sql.append(compiled.sql)
+            positions += compiled.positions
+            processors.update(compiled.processors)
+            constants.update(compiled.constants)
+        sql += call_sql
+        steps.append((";\n".join(call_sql), len(positions) - call_positions, len(call)))
     return DriverQuery(
         ";\n".join(sql),
         tuple(positions) if positions else None,
         tuple(processors.items()),
-        results=len(statements),
+        results=len(sql),
         constants=tuple(constants.items()),
-        one_by_one=(
-            tuple(zip(sql, counts, strict=True))
-            if backend.statements_one_per_call and len(sql) > 1
-            else ()
-        ),
+        steps=tuple(steps) if len(steps) > 1 else (),
+        whole=not backend.statements_one_per_call,
     )
 
 
@@ -120,14 +128,15 @@ def run_direct(
     query: DriverQuery,
     values: dict[str, Any],
     mode: ReaderMode,
-    before: Callable[[PoolProxiedConnection], None] | None = None,
+    before: Callable[[PoolProxiedConnection], bool] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Run ``query`` as its own transaction on a pooled DBAPI connection; return its rows.
 
     The pool still checks the connection out and in (its events, pings and limits apply);
     a DBAPI error is raised as SQLAlchemy's, after the connection is invalidated if the
     error says it is gone (or rolled back if not), as a Connection would do. ``before``
-    runs first, on the checked-out connection.
+    runs first, on the checked-out connection, and says whether the query goes in steps
+    (see DriverQuery.steps).
     """
     dialect = engine.dialect
     parameters = query.parameters(values)
@@ -140,11 +149,10 @@ def run_direct(
     dbapi_connection = connection.dbapi_connection
     assert dbapi_connection is not None  # noqa: S101 - a checked-out connection has one
     try:
-        if before is not None:
-            before(connection)
+        stepwise = before(connection) if before is not None else False
         if mode == "switch":
             dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-        rows = fetch_on(connection, query, parameters)
+        rows = fetch_on(connection, query, parameters, stepwise=stepwise)
         if mode == "switch":
             dialect.reset_isolation_level(dbapi_connection)
         elif mode == "transaction":
@@ -194,24 +202,40 @@ def _raised_by_driver(exc: BaseException, connection: PoolProxiedConnection) -> 
 
 
 def fetch_on(
-    connection: PoolProxiedConnection, query: DriverQuery, parameters: Any
+    connection: PoolProxiedConnection,
+    query: DriverQuery,
+    parameters: Any,
+    *,
+    stepwise: bool = False,
 ) -> list[tuple[Any, ...]]:
-    """Run ``query`` on a checked-out connection; return the rows of its first statement."""
-    if query.one_by_one:
+    """Run ``query`` on a checked-out connection; return the rows of its first statement.
+
+    ``stepwise``: as its steps, a call each, even where it could go as one.
+    """
+    if query.steps and (stepwise or not query.whole):
         first: list[tuple[Any, ...]] | None = None
         start = 0
-        for sql, count in query.one_by_one:
-            rows = _fetch_one(connection, sql, parameters[start : start + count])
+        named = isinstance(parameters, dict)  # each step takes the names it uses
+        for sql, count, results in query.steps:
+            step = parameters if named else parameters[start : start + count]
+            rows = _fetch(connection, sql, step, results)
             first = rows if first is None else first
             start += count
         return first or []
-    if query.results == 1:
-        return _fetch_one(connection, query.sql, parameters)
+    return _fetch(connection, query.sql, parameters, query.results)
+
+
+def _fetch(
+    connection: PoolProxiedConnection, sql: str, parameters: Any, results: int
+) -> list[tuple[Any, ...]]:
+    """Run one call of ``results`` statements; return the rows of its first."""
+    if results == 1:
+        return _fetch_one(connection, sql, parameters)
     # Several statements in one packet (MySQL's multi-statements), one result each.
     cursor = connection.cursor()
-    cursor.execute(query.sql, parameters)
+    cursor.execute(sql, parameters)
     rows = list(cursor.fetchall()) if cursor.description else []
-    for _ in range(query.results - 1):  # an error in a later statement surfaces here
+    for _ in range(results - 1):  # an error in a later statement surfaces here
         cursor.nextset()
     cursor.close()
     return rows
@@ -264,7 +288,9 @@ def store_value(
     """Replace an entry's whole value in one round trip where the backend allows it.
 
     Postgres: one statement in autocommit. MySQL, on the cache's own engines: one packet of
-    statements, a transaction from START TRANSACTION to COMMIT. SQLite: the same transaction
+    statements, a transaction from START TRANSACTION to COMMIT; on a Galera node, where a
+    packet is not atomic, the same statements in steps (see the backend's
+    ``whole_value_steps``). SQLite: the same transaction
     from BEGIN IMMEDIATE to COMMIT, a statement per call (in-process). An application's
     MySQL engine (no multi-statements): a transaction of three statements through a
     Connection. An empty value deletes the entry.
@@ -285,15 +311,17 @@ def store_value(
         else:
             values["generation_rows"] = generation_rows
 
-        def check(connection: PoolProxiedConnection) -> None:
+        def prepare(connection: PoolProxiedConnection) -> bool:
+            # Measured as one packet in steps too: their INSERT carries every generation.
             backend.check_value_size(connection, entry_row, generation_rows, one_packet=True)
+            return not backend.one_call_is_atomic(connection)
 
         run_direct(
             engines.reader,
             query,
             values,
             engines.reader_mode,
-            check if backend.packet_limited else None,
+            prepare if backend.packet_limited or (query.steps and query.whole) else None,
         )
         return
     with opened(engines.writer) as connection, connection.begin():

@@ -147,6 +147,22 @@ class Backend:
         """An update's statements, sent to the driver as one call (see store_value)."""
         raise NotImplementedError
 
+    def whole_value_steps(self, generations: int) -> tuple[tuple[ClauseElement, ...], ...]:
+        """:meth:`whole_value_write` as several calls, where one call is not atomic.
+
+        Each call is a tuple of statements sent together; by default, all of them at once
+        (see :meth:`one_call_is_atomic`).
+        """
+        return (self.whole_value_write(generations),)
+
+    def one_call_is_atomic(self, connection: PoolProxiedConnection) -> bool:
+        """Whether :meth:`whole_value_write` in one call is atomic on this connection's server.
+
+        Atomic: whatever happens to its transaction mid-call, no statement of the call runs
+        outside it. Where it is not, the write is sent as :meth:`whole_value_steps`.
+        """
+        return True
+
     def writes_in_one_call(self, generations: int, *, multi_statements: bool) -> bool:
         """Whether a value of ``generations`` goes through :meth:`whole_value_write`.
 

@@ -1,4 +1,4 @@
-"""MySQL and MariaDB: PyMySQL and aiomysql, the one-packet update, max_allowed_packet."""
+"""MySQL and MariaDB: PyMySQL and aiomysql, the update in one packet (not on Galera), packets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, Insert, delete, event, func, type_coerce
@@ -167,6 +168,35 @@ class MySQL(Backend):
             sql_text("COMMIT"),
         )
 
+    def whole_value_steps(self, generations: int) -> tuple[tuple[ClauseElement, ...], ...]:
+        """The same transaction with a round trip per data change, for Galera.
+
+        A Galera node aborts a local transaction that conflicts with a replicated one (a
+        brute-force abort) at any moment, and it tells the client only at its next command:
+        inside a packet of statements there is none, so MariaDB rolls the transaction back
+        silently and runs the rest of the packet in autocommit (a torn value). Here every
+        statement after the first change is a command of its own, so an abort before it
+        surfaces as error 1213 (retried like a deadlock), before it runs. The first packet
+        (isolation, START TRANSACTION, the upsert) is safe together: nothing can abort a
+        transaction that has changed nothing yet, and an abort during the upsert is that
+        statement's own error.
+        """
+        isolation, start, upsert, delete_old, insert_new, commit = self.whole_value_write(
+            generations
+        )
+        return (isolation, start, upsert), (delete_old,), (insert_new,), (commit,)
+
+    def one_call_is_atomic(self, connection: PoolProxiedConnection) -> bool:
+        """Not on a Galera node (wsrep_on), where an abort mid-packet is silent.
+
+        On MySQL and plain MariaDB a transaction is aborted only by an error of the
+        statement running (a deadlock, a lock wait timeout, a kill), and the server stops a
+        packet at its first error: no later statement of the packet runs, in or out of the
+        transaction. So the one-round-trip write is kept there. Read once per pooled
+        connection, with max_allowed_packet.
+        """
+        return not server_variables(connection).galera
+
     def writes_in_one_call(self, generations: int, *, multi_statements: bool) -> bool:
         """Only where the connection takes several statements (not an application's)."""
         return multi_statements
@@ -253,16 +283,39 @@ def _aiomysql_connect_within(seconds: float) -> Callable[..., Any]:
     return connect_within
 
 
+@dataclass(frozen=True)
+class ServerVariables:
+    """What the cache needs to know about the server a connection reaches."""
+
+    max_allowed_packet: int
+    """The largest packet the server takes."""
+    galera: bool
+    """A Galera cluster node (MariaDB's wsrep_on): transactions can be aborted mid-packet."""
+
+
+def server_variables(connection: PoolProxiedConnection) -> ServerVariables:
+    """The server's variables, read once per pooled connection (one round trip).
+
+    SHOW VARIABLES rather than @@wsrep_on, which MySQL does not know (an error).
+    """
+    info = connection.info
+    found: ServerVariables | None = info.get("server_variables")
+    if found is None:
+        cursor = connection.cursor()
+        cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('max_allowed_packet', 'wsrep_on')")
+        variables = {str(name).lower(): str(value) for name, value in cursor.fetchall()}
+        cursor.close()
+        found = ServerVariables(
+            max_allowed_packet=int(variables["max_allowed_packet"]),
+            galera=variables.get("wsrep_on", "OFF").upper() == "ON",
+        )
+        info["server_variables"] = found
+    return found
+
+
 def max_allowed_packet(connection: PoolProxiedConnection) -> int:
     """The largest packet the MySQL server takes, read once per pooled connection."""
-    info = connection.info
-    if "max_allowed_packet" not in info:
-        cursor = connection.cursor()
-        cursor.execute("SELECT @@max_allowed_packet")
-        info["max_allowed_packet"] = int(cursor.fetchall()[0][0])
-        cursor.close()
-    limit: int = info["max_allowed_packet"]
-    return limit
+    return server_variables(connection).max_allowed_packet
 
 
 def check_value_size(
