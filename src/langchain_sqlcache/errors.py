@@ -98,9 +98,12 @@ class ReadOnlyDatabaseError(DatabaseRefusedError):
 # Transient failures: a retry, a new connection or a little patience fixes them. SQLSTATE
 # classes 08 (connection), 57P0x (shutdown), 40001/40P01 (serialization, deadlock), 55P03
 # (lock not available), 53300 (too many connections); MySQL's lock wait, deadlock (a Galera
-# certification conflict is reported as one), lost or refused connections.
+# certification conflict is reported as one), lost or refused connections, and a Galera node
+# out of its cluster's primary component (1047 "WSREP has not yet prepared node", 1180).
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
-TRANSIENT_MYSQL_CODES = frozenset({1040, 1053, 1205, 1213, 1836, 2002, 2003, 2006, 2013, 2055})
+TRANSIENT_MYSQL_CODES = frozenset(
+    {1040, 1047, 1053, 1180, 1205, 1213, 1836, 2002, 2003, 2006, 2013, 2055}
+)
 # A write refused by a read-only server: SQLSTATE 25006 (a Postgres hot standby), MySQL's
 # 1290 (running with --read-only) and 1792 (a READ ONLY transaction). Not transient: a pool's
 # connection may predate a failover and is tried once more on a new one (failsafe.retryable),
