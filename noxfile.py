@@ -1,6 +1,6 @@
 """The test matrix: each Python, the lowest declared versions, Postgres 18, installs from a wheel.
 
-    .venv/bin/nox -s tests          # the full suite on Python 3.10, 3.11, 3.12 and 3.13
+    .venv/bin/nox -s tests          # the suite on Python 3.10, 3.11, 3.12 and 3.13 (no clusters)
     .venv/bin/nox -s lowest         # the full suite on every declared floor, on Python 3.10
     .venv/bin/nox -s postgres18     # the Postgres tests on a Postgres 18 the harness starts
     .venv/bin/nox -s installed      # pip install "langchain-sqlcache[all]" from the wheel, then
@@ -58,6 +58,12 @@ def _versions(session: nox.Session) -> None:
     session.run("python", "-c", VERSIONS_SCRIPT, silent=False)
 
 
+# The cluster tests (a Postgres standby, a 3-node Galera cluster: tests/standby.py,
+# tests/galera.py) test the servers' behaviour more than the Python's or the libraries'; they
+# run once, in the README's test command, and the matrix leaves them out (posargs can put
+# them back: -- -m cluster).
+NOT_CLUSTERS = ["-m", "not cluster"]
+
 # Seeded with pip: tests/test_packaging.py builds the wheel with it, as a user would.
 SEEDED = ["--seed"]
 
@@ -67,7 +73,7 @@ def tests(session: nox.Session) -> None:
     """The full suite on one Python, with the newest versions the project allows."""
     session.install("-e", ".[test]")
     _versions(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *NOT_CLUSTERS, *session.posargs)
 
 
 @nox.session(python=OLDEST_PYTHON, venv_params=SEEDED)
@@ -80,7 +86,7 @@ def lowest(session: nox.Session) -> None:
     """
     session.install("--resolution", "lowest-direct", "-e", ".[test]")
     _versions(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *NOT_CLUSTERS, *session.posargs)
 
 
 @nox.session(python=PYTHONS[1], venv_params=SEEDED)
