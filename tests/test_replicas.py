@@ -9,6 +9,7 @@ without a restart.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -17,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 from langchain_core.outputs import Generation
 
-from langchain_sqlcache import SQLCache, migrations
+from langchain_sqlcache import Shard, SQLCache, migrations
 from langchain_sqlcache.errors import ReadOnlyDatabaseError
-from tests.conftest import started_postgres_pair, unique_namespace
+from tests.conftest import SERVER_BACKENDS, started_postgres_pair, sync_engine, unique_namespace
 from tests.standby import PostgresPair
 from tests.wire import WireTap
 
@@ -213,3 +214,68 @@ def test_a_standby_refuses_writes_fast_then_takes_them_once_promoted() -> None:
         assert cache.lookup("prompt", LLM) == value_of(3)
         cache.clear()
         cache.close()
+
+
+def test_a_replica_given_as_an_engine_and_hits_counted_on_the_primary(
+    pair: PostgresPair, taps: tuple[WireTap, WireTap]
+) -> None:
+    primary, standby = taps
+    replica = sync_engine(str(standby.url.render_as_string(hide_password=False)))
+    cache = SQLCache(
+        primary.url,
+        replicas=[replica],
+        namespace=unique_namespace(),
+        read_your_writes=0,
+        record_hits=True,
+    )
+    cache.update("prompt", LLM, value_of(1))
+    pair.wait_caught_up()
+    primary.reset()
+    standby.reset()
+    for _ in range(3):
+        assert cache.lookup("prompt", LLM) == value_of(1)
+    assert standby.round_trips > 0
+    assert primary.round_trips == 0
+
+    async def async_lookup() -> None:
+        # The replica has no async engine: async lookups go to the primary.
+        assert await cache.alookup("prompt", LLM) == value_of(1)
+
+    asyncio.run(async_lookup())
+    assert primary.round_trips > 0
+    # Hit counts are written on the primary (a standby would refuse them), before stats().
+    assert cache.stats().hits == 4
+    assert cache.stats().failures == 0
+    cache.clear()
+    cache.close()
+    replica.dispose()
+
+
+def test_each_shard_has_its_own_replicas(pair: PostgresPair, taps: tuple[WireTap, WireTap]) -> None:
+    primary, standby = taps
+    env_var, default = SERVER_BACKENDS["postgresql"]
+    other = os.environ.get(env_var, default)
+    namespace = unique_namespace()
+    cache = SQLCache(
+        shards=[Shard(url=primary.url, replicas=[standby.url], name="with-standby"), other],
+        namespace=namespace,
+        read_your_writes=0,
+    )
+    numbers = {cache.settings.key_hash(f"prompt {n}", LLM): n for n in range(KEYS * 2)}
+    for number in numbers.values():
+        cache.update(f"prompt {number}", LLM, value_of(number))
+    pair.wait_caught_up()
+    on_pair = [
+        n for key, n in numbers.items() if cache.topology.for_key(key).name == "with-standby"
+    ]
+    assert 0 < len(on_pair) < len(numbers)
+    primary.reset()
+    standby.reset()
+    for number in numbers.values():
+        assert cache.lookup(f"prompt {number}", LLM) == value_of(number)
+    # The pair's keys were read on its standby; the other shard's never touched the pair.
+    assert standby.round_trips >= len(on_pair)
+    assert primary.round_trips == 0
+    assert cache.stats().entries == len(numbers)
+    cache.clear()
+    cache.close()

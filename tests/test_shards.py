@@ -24,6 +24,7 @@ from langchain_sqlcache.topology import Shard
 from tests.conftest import SERVER_BACKENDS, _answers, cli_runner, skip_or_fail, sync_engine
 from tests.conftest import unique_namespace as new_namespace
 from tests.servers import refused_port
+from tests.wire import WireTap
 
 LLM = "shard-llm"
 KEYS = 120
@@ -255,3 +256,36 @@ def test_shards_are_checked_at_construction(shard_urls: list[str]) -> None:
     ]
     named.close()
     moved.close()
+
+
+def test_a_lookup_is_one_round_trip_to_one_shard(shard_urls: list[str]) -> None:
+    taps = [WireTap(url) for url in shard_urls[:3]]
+    cache = SQLCache(shards=[tap.url for tap in taps], namespace=new_namespace())
+    try:
+        numbers = fill(cache, 30)
+        for number in numbers.values():  # warm: every shard's pool holds a connection
+            cache.lookup(f"prompt {number}", LLM)
+        for key, number in numbers.items():
+            for tap in taps:
+                tap.reset()
+            assert cache.lookup(f"prompt {number}", LLM) == value_of(number)
+            trips = [tap.round_trips for tap in taps]
+            home = [database.name for database in cache.topology.databases].index(
+                cache.topology.for_key(key).name
+            )
+            assert trips == [1 if i == home else 0 for i in range(3)], trips
+    finally:
+        cache.clear()
+        cache.close()
+        for tap in taps:
+            tap.close()
+
+
+def test_a_shard_is_named_by_its_database_not_its_credentials() -> None:
+    assert Shard(url="postgresql+psycopg://app:secret@db.internal/cache").default_name() == (
+        "postgresql://db.internal:5432/cache"
+    )
+    assert Shard(
+        url="mysql+aiomysql://migrator@db.internal:3307/cache?charset=utf8mb4"
+    ).default_name() == ("mysql://db.internal:3307/cache")
+    assert Shard(url="sqlite:////var/cache/one.db").default_name() == "sqlite:////var/cache/one.db"

@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from langchain_sqlcache.backends import backend_for
 from langchain_sqlcache.engines import EnginePair, resolve_url
 from langchain_sqlcache.errors import ConfigurationError
 from langchain_sqlcache.failsafe import FailureLog, kind_of
@@ -56,9 +57,10 @@ class Shard:
         engine: An application's sync engine for the primary, instead of or beside ``url``.
         async_engine: An application's async engine for the primary.
         replicas: Read replicas of this shard, each a URL or an engine.
-        name: What the shard is hashed by (default: its URL without password or driver).
-            Keys stay on their shard as long as its name stays: name shards when their
-            servers may move to another host or port.
+        name: What the shard is hashed by (default: ``family://host:port/database`` of its
+            URL, without user, password or driver). Keys stay on their shard as long as its
+            name stays: name shards when their servers may move to another host or port, or
+            when processes reach them by different host names.
 
     """
 
@@ -80,11 +82,14 @@ class Shard:
         return cls(url=server)
 
     def default_name(self) -> str:
-        """The shard's URL with neither password nor driver: the same for both families."""
+        """The database the shard's URL reaches: its family, host, port and database name.
+
+        Not its user, password, driver or query, so that every client of the shard (the
+        application, a migrator, the CLI) places keys alike.
+        """
         engine = self.engine or self.async_engine
         url = resolve_url(self.url) if engine is None else engine.url
-        plain = url.set(drivername=url.get_backend_name(), password=None)
-        return plain.render_as_string(hide_password=True)
+        return backend_for(url).database_identity(url)
 
 
 class Database:

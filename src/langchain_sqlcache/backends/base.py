@@ -38,6 +38,19 @@ class Backend:
     """The package extra that installs its drivers."""
     sync_driver: ClassVar[str]
     async_driver: ClassVar[str]
+    default_port: ClassVar[int | None] = None
+    """The port a URL without one reaches (None: no server)."""
+
+    def database_identity(self, url: URL) -> str:
+        """The database a URL reaches, without what may differ between its clients.
+
+        No user, password, driver or query: a shard keeps its keys whichever role or driver
+        reaches it (the application's, a migrator's, the CLI's). A missing port is the
+        family's default.
+        """
+        if url.host is None:
+            return f"{self.name}:///{url.database or ''}"
+        return f"{self.name}://{url.host}:{url.port or self.default_port}/{url.database or ''}"
 
     # -- engines ---------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class MySQL(Backend):
     pip_extra: ClassVar[str] = "mysql"
     sync_driver: ClassVar[str] = "pymysql"
     async_driver: ClassVar[str] = "aiomysql"
+    default_port: ClassVar[int | None] = 3306
     # Without a pool of our own, a plain read (SELECT, then the pool's ROLLBACK) is cheaper
     # than switching the connection to autocommit and back (two round trips).
     reader_mode_on_given_engine: ClassVar[ReaderMode] = "transaction"

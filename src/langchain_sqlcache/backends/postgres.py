@@ -37,6 +37,7 @@ class Postgres(Backend):
     pip_extra: ClassVar[str] = "postgres"
     sync_driver: ClassVar[str] = "psycopg"
     async_driver: ClassVar[str] = "asyncpg"
+    default_port: ClassVar[int | None] = 5432
     generations_by_position: ClassVar[bool] = False
     stores_time_zones: ClassVar[bool] = True
     behind_transaction_poolers: ClassVar[bool] = True
