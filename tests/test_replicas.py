@@ -51,16 +51,25 @@ def taps(pair: PostgresPair) -> Iterator[tuple[WireTap, WireTap]]:
     standby.close()
 
 
-def test_lookups_go_to_the_standby_and_writes_to_the_primary(
-    pair: PostgresPair, taps: tuple[WireTap, WireTap]
-) -> None:
-    primary, standby = taps
+def replicated_cache(pair: PostgresPair, primary: WireTap, standby: WireTap) -> SQLCache:
+    """A cache on the primary with the standby as its replica, KEYS values written, replayed.
+
+    Without read-your-writes, so that every lookup is the standby's to answer.
+    """
     cache = SQLCache(
         primary.url, replicas=[standby.url], namespace=unique_namespace(), read_your_writes=0
     )
     for number in range(KEYS):
         cache.update(f"prompt {number}", LLM, value_of(number))
     pair.wait_caught_up()
+    return cache
+
+
+def test_lookups_go_to_the_standby_and_writes_to_the_primary(
+    pair: PostgresPair, taps: tuple[WireTap, WireTap]
+) -> None:
+    primary, standby = taps
+    cache = replicated_cache(pair, primary, standby)
 
     async def async_lookups() -> None:
         for number in range(KEYS):
@@ -123,11 +132,7 @@ def test_a_standby_stopped_mid_load_costs_the_callers_nothing(
     pair: PostgresPair, taps: tuple[WireTap, WireTap]
 ) -> None:
     primary, standby = taps
-    namespace = unique_namespace()
-    cache = SQLCache(primary.url, replicas=[standby.url], namespace=namespace, read_your_writes=0)
-    for number in range(KEYS):
-        cache.update(f"prompt {number}", LLM, value_of(number))
-    pair.wait_caught_up()
+    cache = replicated_cache(pair, primary, standby)
     errors: list[BaseException] = []
     misses = [0]
     stop = threading.Event()
