@@ -514,7 +514,9 @@ class SQLCache(BaseCache):
             )
 
     def _hits_by_primary(self, hits: list[dict[str, Any]]) -> list[tuple[Store, list[Any]]]:
-        """Each shard's hit counts, for its primary."""
+        """Each shard's hit counts, for its primary (nothing, on most hits: none are due)."""
+        if not hits:
+            return []
         keys = [hit["hit_key_hash"] for hit in hits]
         return [
             (database.primary, [hits[i] for i in positions])
