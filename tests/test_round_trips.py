@@ -19,7 +19,7 @@ from langchain_sqlcache import SQLCache, hits
 from langchain_sqlcache.backends.sqlite import ROWS_PER_INSERT as SQLITE_ROWS_PER_INSERT
 from tests.conftest import Backend, unique_namespace
 from tests.helpers import get, put
-from tests.wire import SQLiteTrace, WireTap
+from tests.wire import WARM_UP, SQLiteTrace, WireTap
 
 LLM = "[('model', 'fake-model'), ('temperature', 0.0)]"
 
@@ -91,11 +91,6 @@ async def metered(
         return
     await cache.aclear()
     await cache.aclose()
-
-
-# Drivers prepare a statement on its first use (asyncpg) or fifth (psycopg), which costs one
-# more round trip once per connection: the counts are taken after that.
-WARM_UP = 6
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,13 @@ from sqlalchemy.engine import URL, make_url
 
 from langchain_sqlcache.sqlalchemy_internals import await_only
 
+WARM_UP = 6
+"""Runs of a statement before its round trips are counted.
+
+Drivers prepare a statement on its first run (asyncpg) or its sixth (psycopg's
+prepare_threshold of 5), which costs one more round trip, once per connection and statement.
+"""
+
 
 class WireTap:
     """A TCP proxy in front of a database server that counts round trips.
