@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langchain_sqlcache.backends import backend_for
 from langchain_sqlcache.engines import EnginePair, resolve_url
-from langchain_sqlcache.errors import ConfigurationError
+from langchain_sqlcache.errors import ConfigurationError, SchemaError
 from langchain_sqlcache.failsafe import FailureLog, kind_of
 from langchain_sqlcache.settings import Settings
 from langchain_sqlcache.store import Store
@@ -46,6 +46,11 @@ Server = str | URL | Engine | AsyncEngine
 
 # How many recently written keys a database remembers, to look them up on its primary.
 RECENT_WRITES_KEPT = 10_000
+
+# How long a replica whose schema is not the cache's (a migration it has not replayed yet) is
+# left out of lookups before its schema is checked again. Without it every lookup would pay
+# the failed check on the replica before going to the primary.
+SCHEMA_RECHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class Database:
         self.replica_failures = FailureLog()
         """Lookups a replica failed, answered by the next replica or the primary instead."""
         self._turns = itertools.count()
+        self._schema_behind: dict[int, float] = {}
+        """Replicas (by id) whose schema check failed, and until when they are left out."""
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._recent_lock = threading.Lock()
         # A rendezvous-hash seed: blake2b's key is at most 64 bytes.
@@ -138,7 +145,7 @@ class Database:
             try:
                 return replica.run(work, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the next replica or the primary answers
-                self._replica_failed(exc)
+                self._replica_failed(replica, exc)
         return self.primary.run(work, *args, **kwargs)
 
     async def alookup(
@@ -153,25 +160,29 @@ class Database:
             try:
                 return await replica.arun(work, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the next replica or the primary answers
-                self._replica_failed(exc)
+                self._replica_failed(replica, exc)
         return await self.primary.arun(work, *args, **kwargs)
 
     def _replicas_for(self, key_hash: str, *, sync: bool) -> Sequence[Store]:
         """The replicas to try in turn: none for a key this process wrote moments ago."""
         if not self.replicas or self.wrote_recently(key_hash):
             return ()
+        now = time.monotonic()
         usable = [
             replica
             for replica in self.replicas
             if (replica.engines if sync else replica.async_engines) is not None
+            and self._schema_behind.get(id(replica), 0.0) <= now
         ]
         if len(usable) < 2:
             return usable
         first = next(self._turns) % len(usable)
         return usable[first:] + usable[:first]
 
-    def _replica_failed(self, exc: Exception) -> None:
+    def _replica_failed(self, replica: Store, exc: Exception) -> None:
         self.replica_failures.record("lookup on a replica", kind_of(exc) or "error", exc)
+        if isinstance(exc, SchemaError):
+            self._schema_behind[id(replica)] = time.monotonic() + SCHEMA_RECHECK_SECONDS
 
     # -- read your writes ----------------------------------------------------------------------
 
