@@ -117,7 +117,10 @@ async def test_sqlite_connections_are_configured(backend: Backend) -> None:
         with engine.connect() as connection:
             got = [connection.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas]
         assert got == expected, engine
-    for async_engine in cache.store.async_engines.owned:
+    # The running loop's pools, which aclose() closes (the engines built with the cache are
+    # handed to the first loop that asks; a pool left open is closed by the garbage collector
+    # after the loop is gone, and aiosqlite's thread then reports "Event loop is closed").
+    for async_engine in (await cache.store.aready()).owned:
         async with async_engine.connect() as async_connection:
             got = [
                 (await async_connection.exec_driver_sql(f"PRAGMA {p}")).scalar() for p in pragmas
