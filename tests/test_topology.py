@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from langchain_core.outputs import Generation
+from sqlalchemy.engine import make_url
 
 from langchain_sqlcache import SQLCache, migrations, topology
+from tests.conftest import SERVER_BACKENDS, Backend, unique_namespace
 
 LLM = "topology-llm"
 VALUE = [Generation(text="on the primary")]
@@ -28,7 +30,7 @@ async def lookups(cache: SQLCache, family: str, times: int) -> list[object]:
 async def test_a_replica_behind_on_schema_is_left_out_then_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family: str
 ) -> None:
-    monkeypatch.setattr(topology, "SCHEMA_RECHECK_SECONDS", 0.3)
+    monkeypatch.setattr(topology, "REPLICA_RECHECK_SECONDS", 0.3)
     primary, replica = f"sqlite:///{tmp_path / 'primary.db'}", f"sqlite:///{tmp_path / 'r.db'}"
     cache = SQLCache(primary, replicas=[replica], read_your_writes=0)
     try:
@@ -45,4 +47,21 @@ async def test_a_replica_behind_on_schema_is_left_out_then_checked_again(
         assert await lookups(cache, family, 3) == [None] * 3
         assert cache.stats().replica_fallbacks == 1
     finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS, indirect=True)
+@pytest.mark.parametrize("family", ["sync", "async"])
+async def test_a_replica_that_refuses_the_cache_is_left_out(backend: Backend, family: str) -> None:
+    """A replica with no such database costs one refused login, not one per lookup."""
+    replica = make_url(backend.url).set(database="sqlcache_no_such_database")
+    cache = SQLCache(
+        backend.url, replicas=[replica], namespace=unique_namespace(), read_your_writes=0
+    )
+    try:
+        cache.update("prompt", LLM, VALUE)
+        assert await lookups(cache, family, 5) == [VALUE] * 5
+        assert cache.stats().replica_fallbacks == 1
+    finally:
+        await cache.aclose()
         cache.close()

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from langchain_sqlcache.backends import backend_for
 from langchain_sqlcache.engines import EnginePair, resolve_url
-from langchain_sqlcache.errors import ConfigurationError, SchemaError
+from langchain_sqlcache.errors import ConfigurationError
 from langchain_sqlcache.failsafe import FailureLog, kind_of
 from langchain_sqlcache.settings import Settings
 from langchain_sqlcache.store import Store
@@ -47,10 +47,12 @@ Server = str | URL | Engine | AsyncEngine
 # How many recently written keys a database remembers, to look them up on its primary.
 RECENT_WRITES_KEPT = 10_000
 
-# How long a replica whose schema is not the cache's (a migration it has not replayed yet) is
-# left out of lookups before its schema is checked again. Without it every lookup would pay
-# the failed check on the replica before going to the primary.
-SCHEMA_RECHECK_SECONDS = 10.0
+# How long a replica that failed for its configuration is left out of lookups before it is
+# tried again: its schema is not the cache's (a migration it has not replayed yet), or it
+# refused the login or has no such database. Such a failure costs a round trip or a login,
+# and the breaker does not skip it (the server answered): without this every lookup would
+# pay it before going to the primary.
+REPLICA_RECHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,8 @@ class Database:
         self.replica_failures = FailureLog()
         """Lookups a replica failed, answered by the next replica or the primary instead."""
         self._turns = itertools.count()
-        self._schema_behind: dict[int, float] = {}
-        """Replicas (by id) whose schema check failed, and until when they are left out."""
+        self._misconfigured: dict[int, float] = {}
+        """Replicas (by id) that failed for their configuration, and until when they are out."""
         self._recent: OrderedDict[str, float] = OrderedDict()
         self._recent_lock = threading.Lock()
         # A rendezvous-hash seed: blake2b's key is at most 64 bytes.
@@ -172,7 +174,7 @@ class Database:
             replica
             for replica in self.replicas
             if (replica.engines if sync else replica.async_engines) is not None
-            and self._schema_behind.get(id(replica), 0.0) <= now
+            and self._misconfigured.get(id(replica), 0.0) <= now
         ]
         if len(usable) < 2:
             return usable
@@ -181,8 +183,8 @@ class Database:
 
     def _replica_failed(self, replica: Store, exc: Exception) -> None:
         self.replica_failures.record("lookup on a replica", kind_of(exc) or "error", exc)
-        if isinstance(exc, SchemaError):
-            self._schema_behind[id(replica)] = time.monotonic() + SCHEMA_RECHECK_SECONDS
+        if isinstance(exc, ConfigurationError):
+            self._misconfigured[id(replica)] = time.monotonic() + REPLICA_RECHECK_SECONDS
 
     # -- read your writes ----------------------------------------------------------------------
 
